@@ -1,0 +1,69 @@
+"""The ``procure`` command line.
+
+Each subsystem registers its own subcommands (``register(subparsers)`` in ``procure/<pkg>/cli.py``), so this
+module only dispatches. User mistakes raise :class:`procure.errors.UserError` and end as one line on stderr
+with exit code 2; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# (module, attribute) of every subsystem CLI; a module that is not there yet is skipped.
+_SUBSYSTEMS = (
+    "procure.valuation.cli",
+    "procure.market.cli",
+    "procure.pipeline.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="procure", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"procure {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in _SUBSYSTEMS:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as exc:  # subsystem not present in this build
+            if exc.name != name:
+                raise
+            continue
+        mod.register(sub)
+    return parser
+
+
+def _version() -> str:
+    from procure import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pydantic import ValidationError
+
+    from procure.errors import UserError, format_validation_error
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+    except UserError as exc:
+        print(f"procure: error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        print(f"procure: error: {format_validation_error(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("procure: interrupted; the ledger is consistent, continue with --resume", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
