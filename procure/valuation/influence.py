@@ -1,0 +1,133 @@
+"""Gradient-based data values for LoRA fine-tuning: Infl_IP (seeds/004 appendix Eq. 20) and DataInf (Kwon et al.
+2023), plus the constant and random baselines of seeds/004 and the per-seller aggregation.
+
+Inputs are per-sample gradients of the LoRA parameters only, as returned by
+:func:`procure.llm.grads.per_sample_lora_grads`: ``train_grads[name]`` has shape (n, *param_shape) and
+``val_grad[name]`` has shape param_shape (the mean validation-loss gradient). This module knows nothing of
+models: any dict of tensors works; keys that are not ``...lora_A...``/``...lora_B...`` form their own block
+(e.g. the per-layer random projections of ``per_sample_lora_grads(projection_dim=k)``).
+
+Sign convention (DESIGN.md): positive = helpful, i.e. a step on the sample is predicted to *lower* the
+validation loss. Units: validation loss per unit learning rate (Infl_IP) or per unit up-weighting (DataInf).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+
+from procure.errors import UserError
+
+_LORA = re.compile(r"^(?P<layer>.*)\.lora_(?P<kind>[AB])(?:\..*)?$")
+
+
+def lora_blocks(
+    grads: Mapping[str, torch.Tensor], *, per_sample: bool, blocks: Literal["layer", "param"] = "layer"
+) -> dict[str, torch.Tensor]:
+    """Flatten gradients into DataInf blocks: {block name: (n, p_l)} (per_sample) or {block name: (p_l,)}.
+
+    ``blocks="layer"`` (default, DESIGN.md): a layer's ``lora_A`` gradient and its ``lora_B`` gradient
+    transposed to A's orientation (r x d_out) are concatenated into one block, as DataInf treats one LoRA
+    layer. ``blocks="param"``: every parameter is its own block (the layout of Kwon et al.'s released code).
+    The transposition only fixes the layout: inner products and norms do not depend on it.
+    """
+    lead = 1 if per_sample else 0
+    parts: dict[str, list[torch.Tensor]] = {}
+    for name, g in grads.items():
+        m = _LORA.match(name)
+        if m and blocks == "layer":
+            key = m["layer"]
+            if m["kind"] == "B" and g.dim() == lead + 2:
+                g = g.transpose(-1, -2)
+            order = 0 if m["kind"] == "A" else 1
+        else:
+            key, order = name, 0
+        flat = g.reshape(g.shape[0], -1) if per_sample else g.reshape(-1)
+        parts.setdefault(key, [None, None])[order] = flat  # type: ignore[list-item]
+    return {k: torch.cat([p for p in v if p is not None], dim=-1) for k, v in parts.items()}
+
+
+def _check(train_grads: Mapping[str, torch.Tensor], val_grad: Mapping[str, torch.Tensor]) -> int:
+    if not train_grads:
+        raise UserError("influence: train_grads is empty; pass per-sample gradients of at least one LoRA parameter")
+    if set(train_grads) != set(val_grad):
+        missing = sorted(set(train_grads) ^ set(val_grad))[:3]
+        raise UserError(f"influence: train_grads and val_grad must have the same keys; differing: {missing}")
+    ns = {g.shape[0] for g in train_grads.values()}
+    if len(ns) != 1:
+        raise UserError(f"influence: train_grads have different sample counts {sorted(ns)}; use one batch of samples")
+    for k, g in train_grads.items():
+        if tuple(g.shape[1:]) != tuple(val_grad[k].shape):
+            raise UserError(
+                f"influence: '{k}' has per-sample shape {tuple(g.shape[1:])} but val_grad {tuple(val_grad[k].shape)}"
+            )
+    return ns.pop()
+
+
+def grad_ip(train_grads: Mapping[str, torch.Tensor], val_grad: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Infl_IP(d_i) = <grad L(d'; theta), grad L(d_i; theta)> summed over all LoRA parameters (seeds/004 Eq. 20).
+
+    By Lemma 5 of seeds/004 this is, to first order, (L(d'; theta) - L(d'; theta - eta g_i)) / eta: the drop of
+    the validation loss after one SGD step on d_i, per unit learning rate. Returns float64 (n,).
+    """
+    n = _check(train_grads, val_grad)
+    out = torch.zeros(n, dtype=torch.float64)
+    for k, g in train_grads.items():
+        out += g.reshape(n, -1).to(torch.float64) @ val_grad[k].reshape(-1).to(torch.float64)
+    return out
+
+
+def datainf(
+    train_grads: Mapping[str, torch.Tensor],
+    val_grad: Mapping[str, torch.Tensor],
+    *,
+    lambda_scale: float = 0.1,
+    blocks: Literal["layer", "param"] = "layer",
+) -> torch.Tensor:
+    """DataInf values (Kwon et al. 2023, Eq. 5 with their layer-wise damping), sign flipped so positive = helpful.
+
+    For every LoRA block l with per-sample gradients g_il (i = 1..n) and mean validation gradient v_l:
+
+        lam_l       = lambda_scale * mean_i mean(g_il^2)                     (lambda_scale = 0.1 as DESIGN.md)
+        H_l^-1 v_l ~= 1/(n lam_l) * sum_i [ v_l - (<v_l, g_il> / (lam_l + |g_il|^2)) g_il ]
+        value_i     = sum_l < H_l^-1 v_l, g_il >
+
+    i.e. the inverse of the damped empirical Fisher (1/n) sum_i g g^T + lam I, with the inverse and the average
+    swapped (Sherman-Morrison per sample). Vectorised: per block it is two matrix-vector products,
+    c = G v / (lam + |G|^2) and value += (G v - G (G^T c) / n) / lam, computed in float64. Returns float64 (n,).
+    """
+    n = _check(train_grads, val_grad)
+    tb = lora_blocks(train_grads, per_sample=True, blocks=blocks)
+    vb = lora_blocks(val_grad, per_sample=False, blocks=blocks)
+    out = torch.zeros(n, dtype=torch.float64)
+    for key, g in tb.items():
+        g = g.to(torch.float64)
+        v = vb[key].to(torch.float64)
+        sq = (g * g).sum(dim=1)  # |g_il|^2
+        lam = lambda_scale * sq.mean() / g.shape[1]  # = lambda_scale * mean_i mean(g_il^2)
+        if lam <= 0:  # an all-zero block (e.g. lora_A while lora_B = 0) contributes exactly 0
+            continue
+        gv = g @ v
+        c = gv / (lam + sq)
+        out += (gv - g @ (g.T @ c) / n) / lam
+    return out
+
+
+def constant_values(n: int) -> np.ndarray:
+    """Constant baseline of seeds/004: every sample is worth 1."""
+    return np.ones(n, dtype=np.float64)
+
+
+def random_values(n: int, seed: int = 0) -> np.ndarray:
+    """Random baseline of seeds/004: values drawn i.i.d. uniformly from [0, 1) with ``default_rng(seed)``."""
+    return np.random.default_rng(seed).uniform(0.0, 1.0, n)
+
+
+def per_dataset(values: Sequence[float] | np.ndarray | torch.Tensor, groups: Sequence[Sequence[int]]) -> np.ndarray:
+    """Dataset (seller) values = sums of their samples' values; ``groups[j]`` lists the sample ids of dataset j."""
+    v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, dtype=np.float64)
+    return np.array([float(v[list(g)].sum()) if len(g) else 0.0 for g in groups], dtype=np.float64)
