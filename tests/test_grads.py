@@ -1,0 +1,141 @@
+"""Per-sample LoRA gradients (batched hooks) against batch-1 backward passes on the tiny random Llama."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from procure.errors import UserError
+from procure.llm.grads import (
+    _projector,
+    encode_examples,
+    example_losses,
+    mean_grad,
+    one_step_oracle,
+    per_sample_lora_grads,
+)
+from procure.llm.tiny import tiny_model_dir
+from procure.valuation.influence import grad_ip, lora_blocks
+
+EXAMPLES = [
+    {"prompt": "Product: red, small, wool.", "answer": "Rating: 42."},
+    {"prompt": "Product: blue, large, cotton. " * 3, "answer": "Rating: 7.", "system": "You rate products."},
+    {"prompt": "Q: 2+2?", "answer": "Answer: D"},
+    {"prompt": "x", "answer": "Rating: 100.", "system": "S"},
+    {"prompt": "Product: black, extra-large, leather.", "answer": "Rating: 63."},
+]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    d = tiny_model_dir()
+    tok = AutoTokenizer.from_pretrained(d)
+    base = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+    torch.manual_seed(0)  # init_lora_weights=False: B random too, so lora_A gradients are non-zero
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    return get_peft_model(base, cfg), tok
+
+
+def _batch1_reference(model, tok, examples):
+    """One backward per example with transformers' own shifted, -100-masked loss (independent of our loss code)."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    model.eval()
+    out = {n: [] for n in params}
+    for ex in examples:
+        enc = encode_examples(tok, [ex], max_length=256)
+        loss = model(input_ids=enc.input_ids, labels=enc.labels).loss
+        for n, g in zip(params, torch.autograd.grad(loss, list(params.values()))):
+            out[n].append(g)
+    return {n: torch.stack(v) for n, v in out.items()}
+
+
+def test_per_sample_grads_equal_batch1_backward(tiny):
+    model, tok = tiny
+    model.train()  # must be switched to eval (dropout off) inside and restored after
+    got = per_sample_lora_grads(model, tok, EXAMPLES, batch_size=3, progress=False)
+    assert model.training
+    ref = _batch1_reference(model, tok, EXAMPLES)
+    assert set(got) == set(ref) and all("lora_" in k for k in got)
+    for k in ref:
+        assert got[k].shape == (len(EXAMPLES), *ref[k].shape[1:])
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-6)
+        assert ref[k].abs().max() > 0
+    loop = per_sample_lora_grads(model, tok, EXAMPLES, method="loop", progress=False)
+    for k in ref:
+        torch.testing.assert_close(loop[k], ref[k], rtol=1e-4, atol=1e-6)
+
+
+def test_loss_only_on_answer_tokens(tiny):
+    model, tok = tiny
+    enc = encode_examples(tok, EXAMPLES[:2], max_length=256)
+    answer = tok("Rating: 42.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    row = enc.labels[0][enc.labels[0] != -100].tolist()
+    assert row == answer
+    assert enc.attention_mask[0].sum() < enc.attention_mask[1].sum()  # right padding, masked
+    with pytest.raises(UserError, match="max_length"):
+        encode_examples(tok, EXAMPLES[:1], max_length=3)
+    with pytest.raises(UserError, match="prompt"):
+        encode_examples(tok, [{"answer": "a"}], max_length=10)
+
+
+def test_projection_is_the_seeded_sketch_of_each_layer_block(tiny):
+    model, tok = tiny
+    exact = per_sample_lora_grads(model, tok, EXAMPLES, batch_size=2, progress=False)
+    proj = per_sample_lora_grads(model, tok, EXAMPLES, batch_size=4, projection_dim=16, seed=5, progress=False)
+    again = per_sample_lora_grads(model, tok, EXAMPLES, batch_size=5, projection_dim=16, seed=5, progress=False)
+    blocks = lora_blocks(exact, per_sample=True)
+    assert list(proj) == list(blocks)
+    for i, (name, g) in enumerate(blocks.items()):
+        sketch = _projector(5, i, g.shape[1], 16).to(g.dtype)
+        torch.testing.assert_close(proj[name], g @ sketch, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(proj[name], again[name])
+    other = per_sample_lora_grads(model, tok, EXAMPLES[:2], projection_dim=16, seed=6, progress=False)
+    assert not torch.allclose(other[name], proj[name][:2])
+
+
+def test_one_step_oracle_matches_its_definition_and_infl_ip(tiny):
+    model, tok = tiny
+    model = model.double()
+    try:
+        train, val = EXAMPLES[:4], EXAMPLES[3:]
+        before = {k: p.detach().clone() for k, p in model.named_parameters()}
+        grads = per_sample_lora_grads(model, tok, train, progress=False)
+        lr = 1e-4
+        oracle = one_step_oracle(model, tok, train, val, lr=lr, progress=False)
+        for k, p in model.named_parameters():  # restored exactly
+            assert torch.equal(p, before[k])
+        # definition, done by hand for example 2: an SGD step on its loss, then the validation loss drop
+        params = [p for p in model.parameters() if p.requires_grad]
+        enc = encode_examples(tok, [train[2]], 256)
+        g = torch.autograd.grad(model(input_ids=enc.input_ids, labels=enc.labels).loss, params)
+        base = example_losses(model, tok, val).mean()
+        with torch.no_grad():
+            for p, gi in zip(params, g):
+                p -= lr * gi
+        stepped = example_losses(model, tok, val).mean()
+        with torch.no_grad():
+            for k, p in model.named_parameters():
+                p.copy_(before[k])
+        assert oracle[2].item() == pytest.approx((base - stepped).item(), rel=1e-4, abs=1e-9)
+        # Lemma 5 of seeds/004: oracle / lr -> Infl_IP as lr -> 0 (error O(lr); Llama's RMSNorm runs in float32,
+        # which limits how small lr can go)
+        ip = grad_ip(grads, mean_grad(per_sample_lora_grads(model, tok, val, progress=False)))
+        err_small = (oracle / lr - ip).abs().max().item()
+        big = one_step_oracle(model, tok, train, val, lr=10 * lr, train_grads=grads, progress=False)
+        err_big = (big / (10 * lr) - ip).abs().max().item()
+        assert err_small < 0.03 * ip.abs().max().item() and err_small < err_big / 3
+    finally:
+        model.float()
+
+
+def test_user_errors(tiny):
+    model, tok = tiny
+    with pytest.raises(UserError, match="projection_dim"):
+        per_sample_lora_grads(model, tok, EXAMPLES, projection_dim=0, progress=False)
+    with pytest.raises(UserError, match="no examples"):
+        per_sample_lora_grads(model, tok, [], progress=False)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir())
+    with pytest.raises(UserError, match="LoRA"):
+        per_sample_lora_grads(base, tok, EXAMPLES, progress=False)
