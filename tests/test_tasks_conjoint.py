@@ -1,0 +1,140 @@
+"""Conjoint task: AvgErr ground truths, the "Rating: X" parser, candidate datasets (seeds/000 section 6.3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.linear_model import LinearRegression
+
+from procure.errors import UserError
+from procure.tasks.base import Task
+from procure.tasks.conjoint import (
+    PROFILES,
+    ConjointEval,
+    ConjointWorld,
+    avg_err,
+    fit_partworths,
+    make_candidates,
+    parse_rating,
+    warmup_rows,
+)
+
+
+def _answers(values, k=1):
+    return [[f"Rating: {float(v)!r}."] * k for v in values]
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 3))
+def test_noise_free_true_ratings_have_zero_avg_err(seed, k):
+    world = ConjointWorld(seed)
+    ev = ConjointEval(world, samples_per_profile=k, seed=seed)
+    assert isinstance(ev, Task)
+    err = ev.score(_answers(world.mean_rating(ev.profiles), k))
+    assert err < 1e-9 and ev.last.n_unparseable == 0 and ev.last.n_answers == 64 * k
+    assert ev.utility(err) == -err and not ev.higher_is_better
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), c=st.floats(0, 100))
+def test_constant_predictor_closed_form(seed, c):
+    world = ConjointWorld(seed)
+    ev = ConjointEval(world, 2, seed=1, split="test")
+    u = world.true
+    expected = np.abs(u - u.mean(axis=1, keepdims=True)).mean()  # fit is flat: |0 - centred u| averaged
+    assert ev.score(_answers([c] * 64, 2)) == pytest.approx(expected, abs=1e-9)
+    # never answering in the format = imputing the midpoint = a constant predictor
+    assert ev.score([["I like it."]] * 64) == pytest.approx(expected, abs=1e-9)
+    assert ev.last.n_unparseable == 64
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_other_partworths_closed_form_and_reference_coding_ols(seed):
+    world = ConjointWorld(seed)
+    prof = np.asarray(PROFILES)
+    ratings = world.mean_rating(prof, "noisy")
+    expected = np.abs(
+        (world.noisy - world.noisy.mean(1, keepdims=True)) - (world.true - world.true.mean(1, keepdims=True))
+    )
+    assert avg_err(prof, ratings, world.true) == pytest.approx(expected.mean(), abs=1e-9)
+    # least squares vs sklearn OLS with reference coding (intercept + 9 dummies), both centred per attribute
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, 64, 150)
+    y = world.rate(prof[idx], "true", rng)
+    x = np.concatenate([(prof[idx][:, [i]] == np.arange(1, 4)).astype(float) for i in range(3)], axis=1)
+    coef = LinearRegression().fit(x, y).coef_.reshape(3, 3)
+    ref = np.concatenate([np.zeros((3, 1)), coef], axis=1)
+    ref -= ref.mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(fit_partworths(prof[idx], y), ref, atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("Rating: 85.", 85.0),
+        ("Rating:85", 85.0),
+        ("rating: 72.5 because", 72.5),
+        ("**Rating:** 40.", 40.0),
+        ("Sure! Rating: 12. Rating: 99.", 12.0),
+        ("Rating: -5.", 0.0),
+        ("Rating: 150", 100.0),
+        ("Rating: X.", None),
+        ("I would give it 70.", None),
+        ("", None),
+        ("Ratings are fun", None),
+    ],
+)
+def test_parse_rating(text, value):
+    assert parse_rating(text) == value
+
+
+def test_drop_mode_and_errors():
+    world = ConjointWorld(3)
+    ev = ConjointEval(world, 1, unparseable="drop")
+    gens = _answers(world.mean_rating(ev.profiles))
+    gens[5] = ["no idea"]
+    assert ev.score(gens) < 1e-9 and ev.last.n_unparseable == 1 and ev.last.n_answers == 64
+    with pytest.raises(UserError, match="no parseable"):
+        ev.score([["?"]] * 64)
+    with pytest.raises(UserError, match="expected 64"):
+        ev.score(gens[:3])
+    with pytest.raises(UserError, match="split"):
+        ConjointEval(world, split="train")
+
+
+def test_splits_are_fresh_orders_of_the_same_profiles():
+    world = ConjointWorld(0)
+    val, test = ConjointEval(world, seed=4), ConjointEval(world, seed=4, split="test")
+    assert sorted(map(tuple, val.profiles)) == sorted(PROFILES) == sorted(map(tuple, test.profiles))
+    assert val.sampling_seed != test.sampling_seed and val.eval_prompts() != test.eval_prompts()
+    assert ConjointEval(world, seed=4).eval_prompts() == val.eval_prompts()
+    assert "Rating: X." in val.system and "Color:" in val.eval_prompts()[0]
+
+
+def test_candidates_noise_shares_and_sources():
+    world = ConjointWorld(7, noise_sd=0.0)
+    cands = make_candidates(world, 3, 50, (0.3, 0.6, 0.9), rng=1)
+    assert [len(c) for c in cands] == [50, 50, 50]
+    assert [sum(r["noisy"] for r in c) for c in cands] == [15, 30, 45]
+    for rows in cands:
+        for r in rows:
+            assert set(r) >= {"prompt", "answer", "noisy", "profile"}
+            mu = world.mean_rating(np.asarray([r["profile"]]), r["source"])[0]
+            assert r["rating"] == int(np.rint(mu)) and r["answer"] == f"Rating: {r['rating']}."
+            assert r["noisy"] == (r["source"] == "noisy")
+    again = make_candidates(world, 3, 50, (0.3, 0.6, 0.9), rng=1)
+    assert again == cands
+    assert [sum(r["noisy"] for r in c) for c in make_candidates(world, 4, 10, (0.0, 1.0), rng=2)] == [0, 10, 0, 10]
+    warm = warmup_rows(world, 20, rng=3)
+    assert len(warm) == 20 and {r["source"] for r in warm} == {"biased"}
+    with pytest.raises(UserError, match="noise_shares"):
+        make_candidates(world, 3, 5, (1.5,))
+
+
+def test_noisy_ratings_are_clipped():
+    world = ConjointWorld(0, noise_sd=500.0)
+    y = world.rate(np.asarray(PROFILES), "true", 0)
+    assert y.min() == 0.0 and y.max() == 100.0
