@@ -19,6 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from procure.valuation.exact import exact_ads, exact_shapley  # noqa: E402
 from procure.valuation.games import CachedUtility, InvalidGroupsError, validate_groups  # noqa: E402
+from procure.valuation.knn import knn_ads, knn_shapley, knn_utility  # noqa: E402
 from procure.valuation.loo import leave_one_out, within_group_loo  # noqa: E402
 from procure.valuation.montecarlo import (  # noqa: E402
     MaxPermutations,
@@ -38,6 +39,9 @@ __all__ = [
     "TimeLimit",
     "exact_ads",
     "exact_shapley",
+    "knn_ads",
+    "knn_shapley",
+    "knn_utility",
     "leave_one_out",
     "mc_ads",
     "permutation_budget",

@@ -41,7 +41,9 @@ def validate_groups(groups: Groups, n: int | None = None) -> list[list[int]]:
             raise InvalidGroupsError(f"groups[{t}]: expected a list of player ids, got the single id {g!r}")
         if not ids:
             raise InvalidGroupsError(f"groups[{t}] is empty: every group must hold at least one player")
-        dup = seen.intersection(ids) or ({z for z in ids if ids.count(z) > 1})
+        dup = seen.intersection(ids)
+        if not dup and len(set(ids)) < len(ids):
+            dup = {z for z, c in zip(*np.unique(ids, return_counts=True)) if c > 1}
         if dup:
             raise InvalidGroupsError(f"groups[{t}]: player {min(dup)} appears twice; groups must be disjoint")
         seen.update(ids)
