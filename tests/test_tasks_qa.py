@@ -14,6 +14,7 @@ from procure.errors import UserError
 from procure.tasks.base import Task
 from procure.tasks.qa import (
     QAEval,
+    QAMarket,
     bigbench_task_json,
     load_qa,
     make_candidates,
@@ -146,3 +147,31 @@ def test_candidates_and_splits():
             assert r["answer"] == f"Answer: {'ABC'[r['example']['answer']]}"
     with pytest.raises(UserError, match="available"):
         make_candidates(pool, 5, 10)
+
+
+def test_qa_market_for_the_pipeline(tmp_path):
+    records = [{"question": f"q{i}", "choices": ["a", "b", "c", "d"], "answer": i % 4} for i in range(60)]
+    (tmp_path / "pool.json").write_text(json.dumps({"examples": records}))
+    m = QAMarket(
+        str(tmp_path / "pool.json"),
+        n_sellers=3,
+        rows_per_seller=5,
+        reference_size=10,
+        val_size=8,
+        test_size=7,
+        n_shot=2,
+        seed=1,
+    )
+    held = [e["question"] for e in m.shots + m.ref + m.task("val").examples + m.task("test").examples]
+    assert len(held) == len(set(held)) == 27 and len(m.pool) == 33
+    offers = m.offers(0)
+    assert [len(o) for o in offers] == [5, 5, 5]
+    qs = [r["example"]["question"] for o in offers for r in o]
+    assert len(set(qs)) == 15 and not set(qs) & set(held)
+    assert offers == m.offers(0) and offers != m.offers(1)
+    assert m.task("validation") is m.task("val") and m.task("test").eval_prompts()[0].count("Question:") == 3
+    assert len(m.reference()) == 10 and m.reference()[0]["answer"].startswith("Answer: ")
+    with pytest.raises(UserError, match="pool examples"):
+        QAMarket(
+            str(tmp_path / "pool.json"), n_sellers=10, rows_per_seller=10, reference_size=5, val_size=5, test_size=5
+        )

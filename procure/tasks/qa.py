@@ -338,3 +338,59 @@ class QAEval:
 
     def utility(self, metric: float) -> float:
         return float(metric)
+
+
+DEFAULT_SOURCE = "bigbench:elementary_math_qa"
+
+
+class QAMarket:
+    """A QA data market for the pipeline (seeds/004 appendix A): one shuffled pool split into disjoint parts:
+    ``n_shot`` demonstrations, the buyer's representative set (``reference_size``, seeds/004 uses 200), a
+    validation and a test set, and the sellers' pool. Round t's offers are ``n_sellers`` disjoint slices of
+    ``rows_per_seller`` rows of the pool, drawn with a generator seeded by (seed, t); in seller j a share
+    ``noise_shares[j % len]`` of the rows carries a wrong answer letter (default: none).
+    """
+
+    def __init__(
+        self,
+        data_file: str | None = None,
+        n_sellers: int = 5,
+        rows_per_seller: int = 20,
+        reference_size: int = 200,
+        val_size: int = 64,
+        test_size: int = 64,
+        n_shot: int = 0,
+        seed: int = 0,
+        noise_shares: Sequence[float] = (0.0,),
+    ):
+        examples = load_qa(data_file or DEFAULT_SOURCE)
+        fixed = [n_shot, reference_size, val_size, test_size]
+        shots, ref, val, test = split_examples(examples, fixed, seed=seed)
+        used = {id(e) for part in (shots, ref, val, test) for e in part}
+        self.pool = [e for e in examples if id(e) not in used]
+        if n_sellers * rows_per_seller > len(self.pool):
+            raise UserError(
+                f"qa: {n_sellers} sellers x {rows_per_seller} rows need {n_sellers * rows_per_seller} pool examples, "
+                f"only {len(self.pool)} remain after shots/reference/val/test; lower sizes or use a bigger source"
+            )
+        self.shots, self.ref, self.seed = shots, ref, seed
+        self.n_sellers, self.rows_per_seller, self.noise_shares = n_sellers, rows_per_seller, tuple(noise_shares)
+        self._tasks = {"val": QAEval(val, shots, name="qa"), "test": QAEval(test, shots, name="qa")}
+
+    def offers(self, round: int) -> list[list[dict[str, Any]]]:
+        """Round ``round``'s candidate datasets (training rows, zero-shot prompts), one list per seller."""
+        if self.rows_per_seller == 0:
+            return [[] for _ in range(self.n_sellers)]
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, 7, round]))
+        return make_candidates(self.pool, self.n_sellers, self.rows_per_seller, self.noise_shares, rng)
+
+    def reference(self) -> list[dict[str, Any]]:
+        """The representative set as training rows (BM25 queries, validation gradient)."""
+        return qa_rows(self.ref)
+
+    def task(self, split: str) -> QAEval:
+        """``"val"``/``"validation"`` or ``"test"``: k-shot accuracy on that part."""
+        key = "val" if split in ("val", "validation") else split
+        if key not in self._tasks:
+            raise UserError(f"qa: unknown split '{split}'; use val or test")
+        return self._tasks[key]
