@@ -326,7 +326,7 @@ class Runner:
         # 3. market
         clearing_d = self._shared(
             f"market|{arm}|{t}",
-            lambda: trading.clear(values, spec.market).to_dict() if len(cands) else _empty_clearing(),
+            lambda: trading.clear(values, spec.market, [bool(c.examples) for c in cands]).to_dict(),
             kind="market",
             arm=arm,
             round=t,
@@ -539,7 +539,8 @@ class Runner:
         self, parent: str, t: int, members: list[Candidate], seed: int, clock: _Clock, sync: bool = True
     ) -> str:
         """The state A(S; parent) for coalition S = members (parent itself when S holds no rows)."""
-        examples = [e for c in sorted(members, key=lambda c: c.seller) for e in c.examples]
+        members = sorted((c for c in members if c.examples), key=lambda c: c.seller)  # empty datasets add nothing
+        examples = [e for c in members for e in c.examples]
         if not examples:
             return parent
         coal = coalition_key([c.seller for c in members])
@@ -706,10 +707,6 @@ class Runner:
             "node": node,
             "spent": spent,
         }
-
-
-def _empty_clearing() -> dict[str, Any]:
-    return trading.Clearing([], [], [], [], [], [], 0.0, {"empty": True}).to_dict()
 
 
 def _plan(run: Callable) -> list[frozenset[int]]:

@@ -42,7 +42,7 @@ class ConjointSpec(_Strict):
     """seeds/000 section 6.3: conjoint ratings; sellers mix true and noisy ratings at the given noise shares."""
 
     kind: Literal["conjoint"]
-    rows_per_seller: int = Field(50, ge=0)
+    rows_per_seller: int = Field(50, ge=1)
     noise_shares: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(default_factory=lambda: [0.3, 0.6, 0.9])
     warmup_rows: int = Field(300, ge=0, description="biased rows for the warm-up stage (A_0); 0 = base model")
     warmup_epochs: float | None = Field(None, gt=0, description="epochs of the warm-up stage; None = training.epochs")
@@ -111,7 +111,13 @@ class UtilityMap(_Strict):
 
 
 class SellerExitSpec(_Strict):
+    """A seller that sold for less than its fair price stays with probability pi(paid, fair)
+    (``procure.market.participation.stay_probability``; pi(p*, p*) = 1)."""
+
     enabled: bool = True
+    family: Literal["power", "exp", "linear", "step"] = "power"
+    k: float = Field(1.0, gt=0.0)
+    q: float = Field(0.9, ge=0.0, lt=1.0)
 
 
 class MarketSpec(_Strict):

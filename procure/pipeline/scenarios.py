@@ -80,8 +80,9 @@ class ConjointScenario:
     def task(self, split: str) -> Task:
         if split not in self._tasks:
             n = self.spec.val_samples_per_profile if split == "val" else self.spec.test_samples_per_profile
-            sd = int(np.random.SeedSequence([self.seed, 103, 0 if split == "val" else 1]).generate_state(1)[0])
-            self._tasks[split] = self._c.ConjointEval(self.world, samples_per_profile=n, seed=sd, split=split)
+            self._tasks[split] = self._c.ConjointEval(
+                self.world, samples_per_profile=n, seed=self.seed, split="validation" if split == "val" else "test"
+            )
         return self._tasks[split]
 
 

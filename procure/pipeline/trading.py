@@ -68,13 +68,19 @@ class Clearing:
         }
 
 
-def clear(values: np.ndarray, spec: MarketSpec) -> Clearing:
-    """Prices and purchase for one round: ``clear_round`` on the shortlisted candidates' utilities."""
+def clear(values: np.ndarray, spec: MarketSpec, sellable: list[bool] | None = None) -> Clearing:
+    """Prices and purchase for one round: ``clear_round`` on the shortlisted candidates' utilities.
+
+    Candidates that are not ``sellable`` (an empty dataset) get utility 0 and no offer; the utility map
+    (min-max scaling included) runs over the sellable ones only."""
     clear_round, _, _ = _market()
     n = len(values)
-    u = buyer_utilities(values, spec.utility)
+    ok = np.ones(n, dtype=bool) if sellable is None else np.asarray(sellable, dtype=bool)
+    u = np.zeros(n)
+    u[ok] = buyer_utilities(np.asarray(values, dtype=np.float64)[ok], spec.utility)
     budget = spec.round_budget(float(np.clip(u, 0.0, None).sum()))
-    offered = shortlist(u, spec.max_purchases)
+    idx = np.flatnonzero(ok)
+    offered = sorted(int(idx[k]) for k in shortlist(u[ok], spec.max_purchases))
     prices = [0.0] * n
     rates = [0.0] * n
     upfront = [0.0] * n
@@ -117,7 +123,8 @@ def settle(
     for j in clearing.bought:
         paid = clearing.upfront[j] + royalties[j]
         fair = min(max(clearing.utilities[j], 0.0), clearing.budget)
-        p = float(stay_probability(paid, fair)) if spec.seller_exit.enabled else 1.0
+        ex = spec.seller_exit
+        p = float(stay_probability(paid, fair, ex.family, k=ex.k, q=ex.q)) if ex.enabled else 1.0
         p = min(max(p, 0.0), 1.0)
         stays = bool(rng.random() < p) if p < 1.0 else True
         records.append({"candidate": j, "paid": paid, "fair": fair, "stay_prob": p, "stays": int(stays)})
@@ -173,7 +180,7 @@ def _fallback_royalty(rates, bought, realised_gain) -> np.ndarray:
     return out
 
 
-def _fallback_stay(paid: float, fair: float) -> float:
+def _fallback_stay(paid: float, fair: float, family: str = "power", **params: float) -> float:
     return 1.0 if paid >= fair or fair <= 0 else max(paid, 0.0) / fair
 
 

@@ -1,0 +1,248 @@
+"""The procurement loop, ledger and resume on the cheap plugin stand-in (tests/test_pipeline_fakes.py)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from procure.errors import UserError
+from procure.pipeline.ledger import Ledger
+from procure.pipeline.loop import Runner, run_recipe
+from procure.pipeline.recipe import parse_recipe
+
+TESTS = Path(__file__).parent
+ROOT = TESTS.parent
+sys.path.insert(0, str(TESTS))
+
+
+def recipe_dict(**over) -> dict:
+    d = {
+        "name": "fake",
+        "seeds": [0, 1],
+        "rounds": 3,
+        "methods": ["ads", "loo", "random"],
+        "task": {"kind": "plugin", "target": "test_pipeline_fakes:factory", "n_sellers": 3, "options": {}},
+        "market": {"contract": "fairshare", "max_purchases": 1},
+        "progress": False,
+    }
+    for k, v in over.items():
+        d[k] = v
+    return d
+
+
+def run(tmp_path: Path, name: str = "run", **over) -> Path:
+    return run_recipe(parse_recipe(recipe_dict(**over)), tmp_path / name)
+
+
+def dump(run_dir: Path) -> dict:
+    with Ledger.open(run_dir / "ledger.sqlite", create=False) as led:
+        return led.dump()
+
+
+def shapley_bruteforce(v: dict[frozenset, float], n: int) -> np.ndarray:
+    """Permutation form (seeds/000 Eq. 3) over all n! orders."""
+    phi = np.zeros(n)
+    perms = list(itertools.permutations(range(n)))
+    for p in perms:
+        pre: frozenset = frozenset()
+        for i in p:
+            phi[i] += v[pre | {i}] - v[pre]
+            pre = pre | {i}
+    return phi / len(perms)
+
+
+def test_ads_values_are_shapley_of_the_recorded_coalition_utilities(tmp_path):
+    d = run(tmp_path, rounds=2, methods=["ads"], seeds=[3])
+    with Ledger.open(d / "ledger.sqlite", create=False) as led:
+        for t in (1, 2):
+            co = {r["coalition"]: r["utility"] for r in led.rows("coalitions", "arm='ads-s3' AND round=?", (t,))}
+            assert len(co) == 8  # all subsets of 3 candidates, v(∅) included
+            v = {frozenset() if k == "-" else frozenset(int(x) for x in k.split("+")): u for k, u in co.items()}
+            vals = {r["seller"]: r["value"] for r in led.rows("valuations", "arm='ads-s3' AND round=?", (t,))}
+            phi = shapley_bruteforce(v, 3)
+            np.testing.assert_allclose([vals[j] for j in range(3)], phi, atol=1e-9)
+            # efficiency (Prop. 4.2, state-conditioned): sum = v(D_t; A_{t-1}) - v(∅; A_{t-1})
+            assert math.isclose(sum(vals.values()), v[frozenset({0, 1, 2})] - v[frozenset()], abs_tol=1e-9)
+            # A_t is the adapter trained during valuation for the bought singleton
+            (buy,) = led.rows("purchases", "arm='ads-s3' AND round=?", (t,))
+            assert buy["seller"] == max(vals, key=vals.get)
+            (m,) = led.rows("metrics", "arm='ads-s3' AND round=?", (t,))
+            (node,) = [
+                r["node"]
+                for r in led.rows("coalitions", "arm='ads-s3' AND round=?", (t,))
+                if r["coalition"] == str(buy["seller"])
+            ]
+            assert m["node"] == node
+
+
+def test_loo_values_and_every_state_trained_once(tmp_path):
+    from test_pipeline_fakes import FakeLearner, FakeScenario
+
+    learners = []
+
+    def factory(seed):
+        return FakeScenario({}, seed, 3)
+
+    learner = FakeLearner({})
+    learners.append(learner)
+    recipe = parse_recipe(recipe_dict(methods=["ads", "loo", "random"], seeds=[0]))
+    d = Runner(recipe, tmp_path / "r", scenario_factory=factory, learner=learner).run()
+    with Ledger.open(d / "ledger.sqlite", create=False) as led:
+        nodes = led.rows("nodes")
+        assert learner.trained == len([n for n in nodes if n["adapter"] is not None])
+        evals = led.rows("utilities")
+        assert learner.evaluated == len(evals)
+        assert len({(e["node"], e["split"]) for e in evals}) == len(evals)
+        for t in (1, 2, 3):
+            co = {r["coalition"]: r["utility"] for r in led.rows("coalitions", "arm='loo-s0' AND round=?", (t,))}
+            vals = {r["seller"]: r["value"] for r in led.rows("valuations", "arm='loo-s0' AND round=?", (t,))}
+            full = co["0+1+2"]
+            for j, rest in ((0, "1+2"), (1, "0+2"), (2, "0+1")):
+                assert math.isclose(vals[j], full - co[rest], abs_tol=1e-12)
+        # round 1 starts from the same state with the same candidates: ADS, LOO and random share coalitions
+        r1 = {r["arm"]: r["node"] for r in led.rows("coalitions", "round=1 AND coalition='0+1+2'")}
+        assert r1["ads-s0"] == r1["loo-s0"]
+
+
+def test_same_seed_same_ledger_and_sigkill_resume(tmp_path):
+    rec = recipe_dict(
+        seeds=[0],
+        rounds=3,
+        methods=["ads", "random"],
+        task={
+            "kind": "plugin",
+            "target": "test_pipeline_fakes:factory",
+            "n_sellers": 3,
+            "options": {"sleep": 0.15, "warmup": 6},
+        },
+    )
+    import yaml
+
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(rec))
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cmd = [sys.executable, "-m", "procure.cli", "run", str(path), "--out"]
+    full = subprocess.run([*cmd, str(tmp_path / "full")], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, str(killed)], env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    try:
+        # wait until round 2 of the first arm is under way: some coalition states of round 2 exist
+        while time.time() < deadline:
+            time.sleep(0.05)
+            if proc.poll() is not None:
+                break
+            try:
+                con = sqlite3.connect(killed / "ledger.sqlite", timeout=5)
+                n = con.execute("SELECT count(*) FROM nodes WHERE round = 2").fetchone()[0]
+                con.close()
+            except sqlite3.Error:
+                continue
+            if n >= 2:
+                break
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    partial = dump(killed)
+    assert not [r for r in partial["steps"] if dict(r)["key"] == "settle|ads-s0|2"]  # killed mid-round 2
+
+    again = subprocess.run([*cmd, str(killed)], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 2 and "--resume" in again.stderr  # refuses to overwrite without --resume
+    res = subprocess.run([*cmd, str(killed), "--resume"], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    a, b = dump(tmp_path / "full"), dump(killed)
+    for table in a:
+        assert a[table] == b[table], table
+    assert (killed / "report.md").is_file()
+
+
+def test_budget_that_buys_nothing_records_empty_rounds(tmp_path):
+    d = run(
+        tmp_path, methods=["ads"], seeds=[0], rounds=2, market={"contract": "fairshare", "budget": 0.0, "cost": 0.1}
+    )
+    with Ledger.open(d / "ledger.sqlite", create=False) as led:
+        assert led.rows("purchases") == [] and led.rows("payments") == []
+        ms = sorted(led.rows("metrics"), key=lambda r: r["round"])
+        assert [m["round"] for m in ms] == [0, 1, 2]
+        assert len({m["node"] for m in ms}) == 1 and len({m["metric"] for m in ms}) == 1
+        assert len(led.rows("offers")) == 6  # offers were made and refused
+    assert (d / "report.md").read_text().count("# procure run") == 1
+
+
+def test_empty_seller_dataset_is_valued_zero_and_never_trained(tmp_path):
+    task = {"kind": "plugin", "target": "test_pipeline_fakes:factory", "n_sellers": 3, "options": {"rows": [8, 0, 8]}}
+    d = run(tmp_path, methods=["ads", "loo"], seeds=[0], rounds=2, task=task)
+    with Ledger.open(d / "ledger.sqlite", create=False) as led:
+        for r in led.rows("valuations", "seller = 1"):
+            assert r["value"] == 0.0
+        cands = led.rows("candidates", "seller = 1")
+        assert cands and all(c["n_rows"] == 0 for c in cands)
+        co = {(r["arm"], r["round"], r["coalition"]): r["node"] for r in led.rows("coalitions")}
+        assert co[("ads-s0", 1, "1")] == co[("ads-s0", 1, "-")]
+        assert co[("ads-s0", 1, "0+1")] == co[("ads-s0", 1, "0")]
+
+
+def test_all_sellers_empty_gives_recorded_empty_round(tmp_path):
+    task = {"kind": "plugin", "target": "test_pipeline_fakes:factory", "n_sellers": 2, "options": {"rows": [0, 0]}}
+    d = run(
+        tmp_path, methods=["ads", "bm25", "datainf"], seeds=[0], rounds=1, task=task, market={"contract": "fairshare"}
+    )
+    with Ledger.open(d / "ledger.sqlite", create=False) as led:
+        assert led.rows("purchases") == []
+        assert len(led.rows("metrics")) == 6
+
+
+@pytest.mark.parametrize("method", ["bm25", "infl_ip", "datainf", "constant"])
+def test_sample_level_methods_sum_per_seller(tmp_path, method):
+    from procure.valuation.bm25 import bm25_values
+
+    d = run(tmp_path, methods=[method], seeds=[0], rounds=1, market={"contract": "fairshare"})
+    with Ledger.open(d / "ledger.sqlite", create=False) as led:
+        vals = {r["seller"]: r["value"] for r in led.rows("valuations")}
+        (step,) = [r for r in led.rows("steps") if r["key"] == "cand|s0|1"]
+    import json
+
+    cands = json.loads(step["payload"])
+    if method == "constant":
+        assert vals == {c["seller"]: float(len(c["examples"])) for c in cands}
+    if method == "bm25":
+        from test_pipeline_fakes import FakeScenario
+
+        ref = [f"{e['prompt']} {e['answer']}" for e in FakeScenario({}, 0, 3).reference_examples()]
+        texts = [f"{e['prompt']} {e['answer']}" for c in cands for e in c["examples"]]
+        per = bm25_values(texts, ref)
+        np.testing.assert_allclose([vals[j] for j in range(3)], [per[8 * j : 8 * j + 8].sum() for j in range(3)])
+
+
+def test_royalty_contract_pays_from_measured_gain(tmp_path):
+    d = run(tmp_path, methods=["ads"], seeds=[0], rounds=2, market={"contract": "royalty", "max_purchases": 1})
+    with Ledger.open(d / "ledger.sqlite", create=False) as led:
+        roy = led.rows("payments", "kind = 'royalty'")
+        ms = {m["round"]: m["utility"] for m in led.rows("metrics")}
+        assert len(roy) == 2
+        for r in roy:
+            gain = ms[r["round"]] - ms[r["round"] - 1]
+            assert r["amount"] >= 0.0
+            if gain <= 0:
+                assert r["amount"] == 0.0
+
+
+def test_resume_with_a_different_recipe_is_refused(tmp_path):
+    run(tmp_path, methods=["random"], seeds=[0], rounds=1)
+    with pytest.raises(UserError, match="recipe differs"):
+        Runner(parse_recipe(recipe_dict(methods=["random"], seeds=[0], rounds=2)), tmp_path / "run", resume=True)
+    with pytest.raises(UserError, match="--resume"):
+        Runner(parse_recipe(recipe_dict(methods=["random"], seeds=[0], rounds=1)), tmp_path / "run")
