@@ -1,0 +1,217 @@
+"""``procure value``: data values for the rows (or sources) of a table, written as CSV and summarised.
+
+Example (bundled data, see examples/README.md)::
+
+    procure value --method knn-ads --data examples/digits_train.csv --test examples/digits_test.csv \\
+        --groups group --label label --owner owner --k 5 --out values.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from procure.errors import UserError
+
+METHODS = ["ads", "ds", "loo", "knn-shapley", "knn-ads"]
+HCDV_MODULE = "procure.valuation.hcdv"
+
+
+def _methods() -> list[str]:
+    try:
+        has_hcdv = importlib.util.find_spec(HCDV_MODULE) is not None
+    except (ImportError, ValueError):
+        has_hcdv = False
+    return [*METHODS, "hcdv"] if has_hcdv else list(METHODS)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "value",
+        help="value the rows (or sources) of a table: ADS, DS, LOO, KNN-Shapley, KNN-ADS",
+        description="Data values of a table's rows or sources, written as CSV (id, group, value, stderr).",
+    )
+    p.add_argument("--method", required=True, choices=_methods(), help="valuation method")
+    p.add_argument("--data", required=True, help="training table: .csv, .parquet or a saved HF dataset folder")
+    p.add_argument("--groups", default=None, help="column with the ordered group (round) of each row (ads, knn-ads)")
+    p.add_argument("--group-order", default=None, help="comma-separated group labels in sigma order")
+    p.add_argument("--label", default="label", help="label column (default: label)")
+    p.add_argument("--features", default=None, help="comma-separated feature columns (default: all numeric)")
+    p.add_argument("--embedding", default=None, help="column holding one embedding vector per row")
+    p.add_argument("--id", dest="id_col", default=None, help="row id column for the output (default: row number)")
+    p.add_argument("--source", default=None, help="column naming each row's source: a source is one player")
+    p.add_argument("--owner", default=None, help="column naming each source's contributor: also write their sums")
+    p.add_argument("--test", default=None, help="test table (same columns); default: split off --test-size")
+    p.add_argument("--test-size", type=float, default=0.3, help="test fraction when no --test (default 0.3)")
+    p.add_argument("--split", default=None, help="split of a saved HF DatasetDict for --data (default train)")
+    p.add_argument("--test-split", default=None, help="split of a saved HF DatasetDict for --test (default test)")
+    p.add_argument("--k", type=int, default=5, help="K of the KNN classifier / KNN utility (default 5)")
+    p.add_argument("--utility", default="knn", choices=["knn", "logreg"], help="model for ads/ds/loo (default knn)")
+    p.add_argument("--permutations", type=int, default=None, help="MC permutations (default 200)")
+    p.add_argument("--eps", type=float, default=None, help="MC: sup-norm error target (with --delta, --range)")
+    p.add_argument("--delta", type=float, default=0.05, help="MC: failure probability (default 0.05)")
+    p.add_argument("--range", dest="r", type=float, default=2.0, help="MC: marginal range width r (accuracy: 2)")
+    p.add_argument("--exact-max", type=int, default=10, help="exact enumeration when every group has <= this")
+    p.add_argument("--max-seconds", type=float, default=None, help="MC: stop after this wall time")
+    p.add_argument("--seed", type=int, default=0, help="seed of the test split and of MC sampling")
+    p.add_argument("--out", default="values.csv", help="output CSV (default values.csv)")
+    p.add_argument("--top", type=int, default=5, help="rows to print from the top and the bottom (default 5)")
+    p.set_defaults(func=run)
+
+
+def _split_list(s: str | None) -> list[str] | None:
+    return [x.strip() for x in s.split(",") if x.strip()] if s else None
+
+
+def run(args: argparse.Namespace) -> int:
+    from procure.valuation.tabular import Sources, feature_matrix, load_table, ordered_groups, require_columns
+
+    if args.k < 1:
+        raise UserError(f"--k must be >= 1 (got {args.k})")
+    if args.method in ("ads", "knn-ads") and not args.groups:
+        raise UserError(f"--method {args.method} needs --groups COLUMN (the ordered group of each row)")
+    df = load_table(args.data, args.split)
+    cols = [args.label, args.groups, args.id_col, args.source, args.owner]
+    require_columns(df, cols, "--data")
+    if df[args.label].isna().any():
+        raise UserError(f"--label '{args.label}': {int(df[args.label].isna().sum())} rows have no label")
+    if args.test:
+        test = load_table(args.test, args.test_split or "test")
+        require_columns(test, [args.label], "--test")
+        train = df.reset_index(drop=True)
+    else:
+        if not 0 < args.test_size < 1:
+            raise UserError(f"--test-size must be in (0, 1) (got {args.test_size}), or give --test FILE")
+        train, test = _split(df, args.label, args.test_size, args.seed)
+    exclude = cols
+    x, feats = feature_matrix(train, _split_list(args.features), args.embedding, exclude, also_in=test)
+    if args.embedding is None:
+        require_columns(test, feats, "--test")
+    x_test, _ = feature_matrix(test, feats if args.embedding is None else None, args.embedding, exclude)
+    y, y_test = train[args.label].to_numpy(), test[args.label].to_numpy()
+
+    order = ordered_groups(train[args.groups], _split_list(args.group_order)) if args.groups else [None]
+    src = Sources.build(train, args.source, args.id_col, args.groups)
+    rank = {g: t for t, g in enumerate(order)}
+    groups = [[i for i, g in enumerate(src.groups_of) if rank[g] == t] for t in range(len(order))]
+    if any(not g for g in groups):  # only reachable when the split emptied a group
+        raise UserError(f"--groups: group '{order[[len(g) for g in groups].index(0)]}' has no training rows left")
+
+    values, stderr, note = _values(args, x, y, x_test, y_test, src, groups)
+    table = pd.DataFrame({"id": src.ids, "group": src.groups_of, "value": values, "stderr": stderr})
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    _show(table, args, note, out)
+    if args.owner:
+        _owners(train, src, values, args, out)
+    return 0
+
+
+def _split(df: pd.DataFrame, label: str, size: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from sklearn.model_selection import train_test_split
+
+    counts = df[label].value_counts()
+    strat = df[label] if counts.min() >= 2 and len(counts) <= size * len(df) else None
+    try:
+        tr, te = train_test_split(df, test_size=size, random_state=seed, stratify=strat)
+    except ValueError as exc:
+        raise UserError(f"--test-size {size}: cannot split {len(df)} rows ({str(exc).splitlines()[0]})") from None
+    return tr.reset_index(drop=True), te.reset_index(drop=True)
+
+
+def _values(args, x, y, x_test, y_test, src, groups) -> tuple[np.ndarray, np.ndarray, str]:
+    from procure.valuation import exact_ads, leave_one_out, mc_ads
+    from procure.valuation.knn import instance_to_source, knn_ads, knn_shapley
+    from procure.valuation.montecarlo import TimeLimit, permutation_budget
+    from procure.valuation.tabular import ClassifierUtility
+
+    n = len(src.ids)
+    progress = sys.stderr.isatty()
+    source_of = np.empty(len(x), dtype=np.int64)
+    for i, rows in enumerate(src.rows):
+        source_of[rows] = i
+    zeros = np.zeros(n)
+    if args.method in ("knn-shapley", "knn-ads", "hcdv"):
+        if args.method == "knn-shapley":
+            inst = knn_shapley(x, y, x_test, y_test, args.k, progress=progress)
+        elif args.method == "knn-ads":
+            inst_groups = [np.flatnonzero(np.isin(source_of, g)).tolist() for g in groups]
+            inst = knn_ads(x, y, inst_groups, x_test, y_test, args.k, progress=progress)
+        else:
+            try:
+                hcdv = importlib.import_module(HCDV_MODULE)
+            except ImportError as exc:
+                raise UserError(f"--method hcdv: {HCDV_MODULE} does not import ({exc})") from None
+            inst = np.asarray(hcdv.hcdv_values(x, y, x_test, y_test, k=args.k, seed=args.seed), dtype=float)
+        return instance_to_source(inst, source_of, n), zeros, f"{args.method}, K={args.k}, instance values summed"
+
+    v = ClassifierUtility(x, y, x_test, y_test, src, model=args.utility, k=args.k, seed=args.seed)
+    what = f"utility = {args.utility} accuracy" + (f" (K={args.k})" if args.utility == "knn" else "")
+    if args.method == "loo":
+        return leave_one_out(v, n), zeros, f"leave-one-out, {what}"
+    sigma = groups if args.method == "ads" else [list(range(n))]
+    if max(len(g) for g in sigma) <= args.exact_max:
+        return exact_ads(v, sigma, progress=progress), zeros, f"exact {args.method.upper()}, {what}"
+    if args.eps is not None:
+        perms = permutation_budget(args.eps, args.delta, n, args.r)
+    else:
+        perms = args.permutations or 200
+    if perms < 1:
+        raise UserError(f"--permutations must be >= 1 (got {perms})")
+    stop = TimeLimit(args.max_seconds) if args.max_seconds else None
+    res = mc_ads(v, sigma, perms, seed=args.seed, stopping=stop, progress=progress)
+    bound = res.eps_bound(args.delta, args.r)
+    note = (
+        f"MC-{args.method.upper()}, {res.n_permutations} permutations, {res.n_calls} utility calls, {what}; "
+        f"Hoeffding sup error <= {bound:.3g} w.p. {1 - args.delta:g} (r={args.r:g})"
+    )
+    return res.values, res.stderr, note
+
+
+def _show(table: pd.DataFrame, args, note: str, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    ranked = table.sort_values("value", ascending=False, kind="stable")
+    k = max(0, args.top)
+    shown = ranked if len(ranked) <= 2 * k else pd.concat([ranked.head(k), ranked.tail(k)])
+    console.print(f"procure value --method {args.method}: {len(table)} players; {note}")
+    t = Table(title=f"top and bottom {k} by value" if len(ranked) > 2 * k else "values")
+    for c in ("rank", "id", "group", "value", "stderr"):
+        t.add_column(c, justify="right" if c in ("rank", "value", "stderr") else "left")
+    positions = {idx: pos + 1 for pos, idx in enumerate(ranked.index)}
+    prev = None
+    for idx, row in shown.iterrows():
+        if prev is not None and positions[idx] != positions[prev] + 1:
+            t.add_row("...", "", "", "", "")
+        t.add_row(str(positions[idx]), str(row["id"]), str(row["group"]), f"{row['value']:.5f}", f"{row['stderr']:.5f}")
+        prev = idx
+    console.print(t)
+    if args.groups:
+        tot = table.groupby("group", sort=False)["value"].sum()
+        console.print("group totals: " + ", ".join(f"{g}: {v:.4f}" for g, v in tot.items()))
+    console.print(f"wrote {out}")
+
+
+def _owners(train: pd.DataFrame, src, values: np.ndarray, args, out: Path) -> None:
+    from procure.valuation.aggregate import aggregate
+
+    owners = []
+    for sid, rows in zip(src.ids, src.rows):
+        who = train[args.owner].iloc[rows].unique()
+        if len(who) > 1:
+            raise UserError(f"--owner '{args.owner}': source '{sid}' has several owners {list(who)[:3]}")
+        owners.append(who[0])
+    agg = aggregate(values, owners)
+    path = out.with_name(out.stem + "_owners" + out.suffix)
+    pd.DataFrame({"owner": list(agg), "value": list(agg.values())}).to_csv(path, index=False)
+    print("owner totals: " + ", ".join(f"{o}: {v:.4f}" for o, v in sorted(agg.items(), key=lambda kv: -kv[1])[:10]))
+    print(f"wrote {path}")
