@@ -587,7 +587,7 @@ class Runner:
         info = json.loads(info_file.read_text())
         secs = time.perf_counter() - s0
         clock.train += secs
-        rel = str(target.relative_to(self.run_dir))
+        rel = str(target.relative_to(self.run_dir) / info.pop("adapter_subdir", "."))
         self._record_node(
             node, parent=parent, round=t, coalition=coal, n_rows=len(examples), adapter=rel, meta=info, secs=secs
         )

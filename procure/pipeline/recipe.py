@@ -29,11 +29,13 @@ class _Strict(BaseModel):
 
 
 class GenerationSpec(_Strict):
-    """How the evaluation generates (passed to ``procure.llm.generate.GenParams``)."""
+    """How the evaluation generates (``procure.llm.generate.GenParams``); None = the task's own default
+    (e.g. the conjoint task's temperature 0.7 of the paper)."""
 
-    max_new_tokens: int = Field(8, ge=1)
-    temperature: float = Field(0.0, ge=0.0)
+    max_new_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    samples: int | None = Field(None, ge=1, description="answers per prompt; None = the task's samples_per_prompt")
     backend: Literal["auto", "vllm", "hf"] = "auto"
     adapter_mode: Literal["auto", "lora", "merge"] = "auto"
 
@@ -66,6 +68,9 @@ class QASpec(_Strict):
     val_size: int = Field(64, ge=1)
     test_size: int = Field(64, ge=1)
     n_shot: int = Field(0, ge=0)
+    noise_shares: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=lambda: [0.0], description="share of wrong answer letters in seller j (cycled)"
+    )
 
     @field_validator("data_file")
     @classmethod
@@ -181,6 +186,10 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
     """Validate a mapping into a :class:`Recipe`; any problem raises a one-line ``UserError``."""
     if not isinstance(data, dict):
         raise UserError(f"{source}: expected a YAML mapping of recipe fields, got {type(data).__name__}")
+    kind = data.get("kind")
+    if kind is not None:
+        hint = "procure market simulate" if str(kind).startswith("market") else "the command made for it"
+        raise UserError(f"{source}: field 'kind': a '{kind}' recipe is not a procurement run; use `{hint}`")
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:

@@ -106,13 +106,18 @@ class QAScenario:
             test_size=spec.test_size,
             n_shot=spec.n_shot,
             seed=seed,
+            noise_shares=spec.noise_shares,
         )
 
     def warmup_examples(self) -> list[Example]:
         return []
 
     def candidates(self, round: int, rng: np.random.Generator) -> list[Candidate]:
-        return [Candidate(j, [_example(r) for r in rows], None) for j, rows in enumerate(self.market.offers(round))]
+        shares = self.spec.noise_shares
+        return [
+            Candidate(j, [_example(r) for r in rows], float(shares[j % len(shares)]))
+            for j, rows in enumerate(self.market.offers(round))
+        ]
 
     def reference_examples(self) -> list[Example]:
         return [_example(r) for r in self.market.reference()]
