@@ -61,7 +61,8 @@ def shapley(values: np.ndarray) -> np.ndarray:
 
 
 def conditional_shapley(values: np.ndarray) -> np.ndarray:
-    """F[i, j] = phi_{j|i} = 1/(n-1) sum_{C subset N \\ {i,j}} C(n-2, |C|)^-1 (v(C+i+j) - v(C+i)) (Eq. 5); F[i,i] = 0."""
+    """F[i, j] = phi_{j|i} = 1/(n-1) sum_{C subset N \\ {i,j}} C(n-2, |C|)^-1 (v(C+i+j) - v(C+i)) (Eq. 5);
+    F[i,i] = 0."""
     v = np.asarray(values, dtype=float)
     n = n_parties(v)
     F = np.zeros((n, n))
@@ -104,7 +105,8 @@ def monotone_closure(values: np.ndarray) -> np.ndarray:
 
 
 def generalised_payoffs(phi: np.ndarray, v_n: float, alpha: float, beta: float) -> np.ndarray:
-    """Remark 3.6: p_i = alpha phi_i + (beta - alpha v(N)) / n. (1, v(N)) = Shapley; (n, 0) = Eq. 1; alpha = 0: equal."""
+    """Remark 3.6: p_i = alpha phi_i + (beta - alpha v(N)) / n. (1, v(N)) = Shapley;
+    (n, 0) = Eq. 1; alpha = 0: equal split."""
     phi = np.asarray(phi, dtype=float)
     return alpha * phi + (beta - alpha * v_n) / phi.size
 
