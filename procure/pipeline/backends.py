@@ -25,24 +25,26 @@ class LLMLearner:
         self.recipe = recipe
         self.model_path = resolve_model(recipe.model)
         self.cfg = train_config(recipe)
-        self._gen = None
-        self._grad_model: Any = None
+        self._gen: Any = None
+        self._stage: Any = None
 
     # -- training ---------------------------------------------------------------------------------------------
+    def _trainer(self):
+        if self._stage is None:
+            from procure.llm.train import StageTrainer
+
+            self._stage = StageTrainer(self.model_path, self.cfg)  # the base model stays loaded for all stages
+        return self._stage
+
     def train(
         self, state: Path | None, examples: list[Example], out_dir: Path, seed: int, epochs: float | None = None
     ) -> dict[str, Any]:
-        from procure.llm.train import StageTrainer
-
-        update: dict[str, Any] = {}
-        if "seed" in type(self.cfg).model_fields:
-            update["seed"] = seed
-        if epochs is not None and "epochs" in type(self.cfg).model_fields:
+        update: dict[str, Any] = {"seed": seed}
+        if epochs is not None:
             update["epochs"] = epochs
-        cfg = self.cfg.model_copy(update=update)
-        res = StageTrainer(self.model_path, cfg).train(
-            examples, out_dir, init_adapter=None if state is None else str(state), progress=False
-        )
+        trainer = self._trainer()
+        trainer.cfg = self.cfg.model_copy(update=update)
+        res = trainer.train(examples, out_dir, init_adapter=state, progress=False)
         info: dict[str, Any] = {"n_tokens": int(res.n_tokens), "final_loss": float(res.final_loss)}
         sub = Path(res.adapter_dir).resolve().relative_to(Path(out_dir).resolve())
         if str(sub) != ".":
@@ -55,10 +57,7 @@ class LLMLearner:
             from procure.llm.generate import make_generator
 
             g = self.recipe.generation
-            kw: dict[str, Any] = {"backend": g.backend, "adapter_mode": g.adapter_mode}
-            rank = getattr(self.cfg, "lora_r", None) or getattr(self.cfg, "rank", None)
-            if rank:
-                kw["lora_rank"] = int(rank)
+            kw: dict[str, Any] = {"backend": g.backend, "adapter_mode": g.adapter_mode, "lora_rank": self.cfg.lora_r}
             self._gen = make_generator(self.model_path, **kw)
         return self._gen
 
@@ -82,16 +81,33 @@ class LLMLearner:
     def grads(
         self, state: Path | None, examples: list[Example], reference: list[Example], seed: int
     ) -> tuple[dict, dict]:
-        from procure.llm.grads import mean_grad, per_sample_lora_grads
-        from procure.llm.models import load_lora_model
+        from peft import LoraConfig, PeftModel, get_peft_model
 
-        model, tok = load_lora_model(self.model_path, self.cfg, adapter=None if state is None else str(state))
+        from procure.llm.grads import mean_grad, per_sample_lora_grads
+        from procure.llm.models import load_model, load_tokenizer
+
+        cfg = self.cfg
+        base = load_model(self.model_path, dtype="float32")
+        tok = load_tokenizer(self.model_path)
+        if state is None:  # a fresh LoRA (B = 0): only the lora_B gradients are non-zero
+            lcfg = LoraConfig(
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=0.0,
+                target_modules=list(cfg.target_modules),
+                bias="none",
+                task_type="CAUSAL_LM",
+            )
+            model = get_peft_model(base, lcfg)
+        else:
+            model = PeftModel.from_pretrained(base, str(state), is_trainable=True)
         v = self.recipe.valuation
         kw = {
             "batch_size": v.grad_batch_size,
-            "max_length": int(getattr(self.cfg, "max_length", 256)),
+            "max_length": cfg.max_length,
             "projection_dim": v.projection_dim,
             "seed": seed,
+            "progress": False,
         }
         train = per_sample_lora_grads(model, tok, examples, **kw)
         val = mean_grad(per_sample_lora_grads(model, tok, reference, **kw))

@@ -1,0 +1,123 @@
+"""Benchmark: training throughput of the pipeline's LoRA stage (procure.llm.train.StageTrainer, as the
+pipeline calls it: encode + wrap + accelerate loop + atomic save) against a bare torch forward/backward/AdamW
+loop over the same batches of the same LoRA model, in one process. Prints a markdown table with the ratio
+(target: >= 0.8).
+
+    .venv/bin/python eval/bench_pipeline.py [--model smollm2-135m|tiny] [--rows 48] [--reps 2]
+
+Training settings come from recipes/conjoint-ads.yaml (`training:`), the rows are conjoint rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rows(n: int) -> list[dict]:
+    import numpy as np
+
+    from procure.tasks.conjoint import ConjointWorld, make_candidates
+
+    (cands,) = make_candidates(ConjointWorld(0), 1, n, [0.3], np.random.default_rng(0))
+    return [{"prompt": r["prompt"], "answer": r["answer"], "system": r["system"]} for r in cands]
+
+
+def bare_loop(trainer, examples: list[dict], cfg) -> tuple[int, float]:
+    """Same model, same LoRA config, same batches (the DataLoader's seeded permutation), plain torch."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from procure.llm.formatting import encode_row, pad_batch
+
+    enc = [encode_row(trainer.tokenizer, ex, cfg.max_length, i) for i, ex in enumerate(examples)]
+    order = torch.randperm(len(enc), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    batches = [
+        pad_batch([enc[i] for i in order[k : k + cfg.batch_size]], trainer.tokenizer.pad_token_id, side="right")
+        for k in range(0, len(order), cfg.batch_size)
+    ]
+    torch.manual_seed(cfg.seed)
+    lcfg = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(trainer.base, lcfg)
+    try:
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lr)
+        model.train()
+        tokens = 0
+        t0 = time.perf_counter()
+        for _ in range(max(1, round(cfg.epochs))):
+            for b in batches:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                    loss = model(**b).loss
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                tokens += int(b["attention_mask"].sum())
+        secs = time.perf_counter() - t0
+    finally:
+        trainer.base = model.unload()
+        for p in trainer.base.parameters():
+            p.requires_grad_(False)
+    return tokens, secs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--rows", type=int, default=48)
+    ap.add_argument("--reps", type=int, default=2)
+    args = ap.parse_args()
+
+    from procure.llm.models import resolve_model
+    from procure.llm.train import StageTrainer
+    from procure.pipeline.recipe import load_recipe, train_config
+
+    recipe = load_recipe(ROOT / "recipes" / "conjoint-ads.yaml")
+    cfg = train_config(recipe, epochs=1.0)
+    model = "tiny" if args.model == "tiny" else args.model
+    if model == "tiny":
+        from procure.llm.tiny import tiny_model_dir
+
+        model = str(tiny_model_dir())
+    trainer = StageTrainer(resolve_model(model), cfg)
+    examples = rows(args.rows)
+    ours, ref = [], []
+    bare_loop(trainer, examples[: cfg.batch_size], cfg)  # warm-up (allocator, kernels)
+    for _ in range(args.reps):  # interleaved: the machine is shared, so noise hits both sides alike
+        with tempfile.TemporaryDirectory() as d:
+            t0 = time.perf_counter()
+            res = trainer.train(examples, Path(d) / "a", progress=False)
+            ours.append((res.n_tokens, time.perf_counter() - t0))
+        ref.append(bare_loop(trainer, examples, cfg))
+    o_tok, o_s = ours[0][0], statistics.median(s for _, s in ours)
+    r_tok, r_s = ref[0][0], statistics.median(s for _, s in ref)
+    print(
+        f"model {args.model}, {len(examples)} conjoint rows, batch {cfg.batch_size}, bf16={cfg.bf16}, "
+        f"LoRA r={cfg.lora_r} on {','.join(cfg.target_modules)}, median of {args.reps}, torch threads "
+        f"{__import__('torch').get_num_threads()}\n"
+    )
+    print("| training loop | tokens | seconds | tokens/s |")
+    print("|---|---|---|---|")
+    print(f"| procure StageTrainer.train (whole stage incl. save) | {o_tok} | {o_s:.2f} | {o_tok / o_s:.1f} |")
+    print(f"| bare torch fwd/bwd/AdamW, same batches | {r_tok} | {r_s:.2f} | {r_tok / r_s:.1f} |")
+    print(f"| **ratio ours / bare** | | | **{(o_tok / o_s) / (r_tok / r_s):.2f}** |")
+
+
+if __name__ == "__main__":
+    main()
