@@ -1,0 +1,141 @@
+"""Generation and choice scoring for a base model plus per-call LoRA adapters, with two backends.
+
+``make_generator(model)`` returns a :class:`Generator` that is created once per run and asked for many adapters
+(one per coalition of a valuation round): ``generate(prompts, adapter, params)`` and
+``choice_logprobs(prompts, choices, adapter)``. Prompts are *user texts*; both backends wrap them with
+:func:`procure.llm.formatting.chat_prompt`, exactly as in training.
+
+Backends and adapter modes (measured in ``eval/bench_llm.py``, table in the README):
+- ``"hf"``: transformers ``generate`` in batches with left padding; adapters switched in place ("merged": the
+  base weights plus s*B@A are copied into the loaded model; "lora": peft adapters loaded by name and
+  activated), never reloading the base.
+- ``"vllm"``: one engine per generator; "lora" serves each adapter per request (``LoRARequest``,
+  ``max_lora_rank`` = the adapter's r), "merged" pushes merged weights into the running engine's model
+  (``load_weights``, as RL trainers sync policy weights into vLLM).
+``backend="auto"``/``adapter_mode="auto"`` pick the fastest measured combination for the device (:func:`auto_choice`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from procure.errors import UserError
+
+Backend = Literal["auto", "vllm", "hf"]
+AdapterMode = Literal["auto", "lora", "merged", "merge"]
+
+
+class GenParams(BaseModel):
+    """Sampling parameters; ``temperature=0`` is greedy (then the ``n`` completions are identical)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int = Field(8, ge=1)
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1)
+    seed: int = 0
+
+
+class Generator(ABC):
+    """A loaded base model that generates / scores for any adapter without reloading."""
+
+    backend: str = ""
+    adapter_mode: str = ""
+
+    @abstractmethod
+    def generate(
+        self, prompts: list[str], adapter: Path | None, params: GenParams, system: str | None = None
+    ) -> list[list[str]]:
+        """``params.n`` completions (text after the prompt, special tokens removed) per prompt."""
+
+    @abstractmethod
+    def choice_logprobs(
+        self, prompts: list[str], choices: list[str], adapter: Path | None, system: str | None = None
+    ) -> np.ndarray:
+        """(n_prompts, n_choices): log p(choice tokens | chat prompt), summed over the choice's tokens (nats)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the model / engine."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def _device_kind() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def auto_choice(device: str | None = None) -> tuple[str, str]:
+    """(backend, adapter_mode) used for ``"auto"``, from eval/bench_llm.py's measurements.
+
+    CPU (2 cores, SmolLM2-135M, 8 adapters x 64 prompts x 8 tokens): HF with merged weights is fastest (vLLM
+    pays ~30 s of engine start and is not faster per token on CPU; vLLM LoRA kernels are ~5x slower than
+    merged). GPU: vLLM with merged-weight pushes (continuous batching and CUDA graphs dominate there).
+    """
+    device = device or _device_kind()
+    if device == "cuda" and vllm_available():
+        return "vllm", "merged"
+    return "hf", "merged"
+
+
+def make_generator(
+    model_path: str,
+    *,
+    backend: Backend = "auto",
+    adapter_mode: AdapterMode = "auto",
+    lora_rank: int = 16,
+    dtype: str = "float32",
+    max_model_len: int = 512,
+    device: str | None = None,
+    batch_size: int = 16,
+    **engine_kwargs,
+) -> Generator:
+    """Build the generator for ``model_path`` (any name :func:`procure.llm.models.resolve_model` accepts).
+
+    ``lora_rank``: the largest adapter rank served in vLLM LoRA mode (keep it equal to the adapters' r: the
+    CPU kernels' cost grows with it). ``engine_kwargs`` go to ``vllm.LLM`` (vLLM backend only).
+    """
+    from procure.llm.models import resolve_model
+
+    path = resolve_model(model_path)
+    mode = "merged" if adapter_mode == "merge" else adapter_mode
+    if backend not in ("auto", "vllm", "hf"):
+        raise UserError(f"generation.backend {backend!r}: use auto, vllm or hf")
+    if mode not in ("auto", "lora", "merged"):
+        raise UserError(f"generation.adapter_mode {adapter_mode!r}: use auto, lora or merged")
+    auto_backend, auto_mode = auto_choice(device)
+    if backend == "auto":
+        backend = auto_backend if (auto_backend != "vllm" or vllm_available()) else "hf"
+        mode = auto_mode if mode == "auto" else mode
+    elif mode == "auto":
+        mode = "merged"
+    if backend == "vllm":
+        if not vllm_available():
+            raise UserError(
+                "generation.backend 'vllm': vllm is not installed; `pip install '.[cpu]'` (CPU) or "
+                "`pip install '.[cuda]'` (GPU), or use backend: hf"
+            )
+        from procure.llm.vllm_backend import VLLMGenerator
+
+        return VLLMGenerator(
+            path, adapter_mode=mode, lora_rank=lora_rank, dtype=dtype, max_model_len=max_model_len, **engine_kwargs
+        )
+    from procure.llm.hf_backend import HFGenerator
+
+    return HFGenerator(path, adapter_mode=mode, dtype=dtype, device=device, batch_size=batch_size)

@@ -1,0 +1,196 @@
+"""transformers backend: batched ``generate`` with left padding, adapters switched in place on one base model."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from procure.errors import UserError
+from procure.llm.formatting import prompt_ids
+from procure.llm.generate import Generator, GenParams
+
+
+def adapter_key(adapter: Path | None) -> tuple[str, int] | None:
+    """Identity of an adapter version: its resolved folder and the weights file's mtime (a retrained folder
+    is a new adapter)."""
+    if adapter is None:
+        return None
+    p = Path(adapter).resolve()
+    f = p / "adapter_model.safetensors"
+    if not f.is_file():
+        raise UserError(f"adapter {adapter}: no adapter_model.safetensors; give a LoRA folder saved by the trainer")
+    return str(p), f.stat().st_mtime_ns
+
+
+class HFGenerator(Generator):
+    """One transformers model; ``adapter_mode="merged"`` copies W + s*B@A into the loaded weights (restoring W
+    for the next adapter), ``"lora"`` keeps peft adapters loaded side by side and activates one per call."""
+
+    backend = "hf"
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        adapter_mode: str = "merged",
+        dtype: str = "float32",
+        device: str | None = None,
+        batch_size: int = 16,
+        max_loaded_adapters: int = 8,
+    ):
+        import torch
+
+        from procure.llm.models import load_model, load_tokenizer
+
+        if adapter_mode not in ("merged", "lora"):
+            raise UserError(f"adapter_mode {adapter_mode!r}: use merged or lora")
+        self.adapter_mode = adapter_mode
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = load_tokenizer(model_path)
+        self.model = load_model(model_path, dtype=dtype, device=self.device)
+        self.batch_size = batch_size
+        self.max_loaded = max_loaded_adapters
+        self._current: tuple[str, int] | None = None
+        self._orig: dict = {}  # merged mode: original weights of the parameters an adapter touched
+        self._peft = None  # lora mode: PeftModel around self.model
+        self._names: OrderedDict[tuple[str, int], str] = OrderedDict()
+        self._n = 0
+        self._torch = torch
+
+    # ------------------------------------------------------------------------------------------- adapters
+    def _merged(self, adapter: Path | None) -> None:
+        from procure.llm.merge import lora_deltas
+
+        key = adapter_key(adapter)
+        if key == self._current:
+            return
+        params = dict(self.model.named_parameters())
+        deltas = lora_deltas(adapter) if adapter is not None else {}
+        missing = [n for n in deltas if n not in params]
+        if missing:
+            raise UserError(f"adapter {adapter}: does not fit this model (no parameter {missing[0]})")
+        with self._torch.no_grad():
+            for name, w0 in self._orig.items():
+                params[name].copy_(w0)
+            for name, d in deltas.items():
+                p = params[name]
+                if name not in self._orig:
+                    self._orig[name] = p.detach().clone()
+                p.add_(d.to(device=p.device, dtype=p.dtype))
+        self._current = key
+
+    @contextlib.contextmanager
+    def _using(self, adapter: Path | None):
+        """Context in which ``self._forward_model()`` computes with ``adapter`` (None = base)."""
+        if self.adapter_mode == "merged":
+            self._merged(adapter)
+            yield self.model
+            return
+        key = adapter_key(adapter)
+        if key is None:
+            if self._peft is None:
+                yield self.model
+            else:
+                with self._peft.disable_adapter():
+                    yield self._peft
+            return
+        from peft import PeftModel
+
+        if key not in self._names:
+            self._n += 1
+            name = f"a{self._n}"
+            if self._peft is None:
+                self._peft = PeftModel.from_pretrained(self.model, key[0], adapter_name=name)
+            else:
+                self._peft.load_adapter(key[0], adapter_name=name)
+            self._peft.eval()
+            self._names[key] = name
+        self._names.move_to_end(key)
+        self._peft.set_adapter(self._names[key])
+        while len(self._names) > self.max_loaded:
+            _, old = self._names.popitem(last=False)
+            self._peft.delete_adapter(old)
+        yield self._peft
+
+    # ----------------------------------------------------------------------------------------- generation
+    def generate(
+        self, prompts: list[str], adapter: Path | None, params: GenParams, system: str | None = None
+    ) -> list[list[str]]:
+        from transformers import GenerationConfig
+
+        torch, tok = self._torch, self.tokenizer
+        encoded = [prompt_ids(tok, p, system) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # less padding per batch
+        greedy = params.temperature == 0.0
+        gcfg = GenerationConfig(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=not greedy,
+            temperature=None if greedy else params.temperature,
+            top_p=None if greedy else params.top_p,
+            top_k=None,
+            num_return_sequences=params.n,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=self.model.generation_config.eos_token_id or tok.eos_token_id,
+            bos_token_id=tok.bos_token_id,
+        )
+        out: list[list[str]] = [[] for _ in prompts]
+        torch.manual_seed(params.seed)
+        with self._using(adapter) as model, torch.inference_mode():
+            for s in range(0, len(order), self.batch_size):
+                idx = order[s : s + self.batch_size]
+                batch = _left_pad([encoded[i] for i in idx], tok.pad_token_id, self.device)
+                gen = model.generate(**batch, generation_config=gcfg)
+                new = gen[:, batch["input_ids"].shape[1] :]
+                texts = tok.batch_decode(new, skip_special_tokens=True)
+                for j, i in enumerate(idx):
+                    out[i] = texts[j * params.n : (j + 1) * params.n]
+        return out
+
+    def choice_logprobs(
+        self, prompts: list[str], choices: list[str], adapter: Path | None, system: str | None = None
+    ) -> np.ndarray:
+        torch, tok = self._torch, self.tokenizer
+        if not choices:
+            raise UserError("choice_logprobs: no choices given")
+        cids = [tok(c, add_special_tokens=False)["input_ids"] for c in choices]
+        if any(len(c) == 0 for c in cids):
+            raise UserError("choice_logprobs: a choice is empty after tokenisation")
+        pairs = [(i, j, prompt_ids(tok, p, system)) for i, p in enumerate(prompts) for j in range(len(choices))]
+        out = np.zeros((len(prompts), len(choices)))
+        with self._using(adapter) as model, torch.inference_mode():
+            for s in range(0, len(pairs), self.batch_size):
+                chunk = pairs[s : s + self.batch_size]
+                seqs = [p + cids[j] for _, j, p in chunk]
+                t = max(map(len, seqs))
+                ids = torch.full((len(seqs), t), tok.pad_token_id, dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for k, sq in enumerate(seqs):
+                    ids[k, : len(sq)] = torch.tensor(sq)
+                    mask[k, : len(sq)] = 1
+                logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                for k, (i, j, p) in enumerate(chunk):
+                    pos = torch.arange(len(p) - 1, len(p) - 1 + len(cids[j]))
+                    tgt = torch.tensor(cids[j])
+                    out[i, j] = float(logp[k, pos, tgt].sum())
+        return out
+
+    def close(self) -> None:
+        self.model = None
+        self._peft = None
+        self._orig = {}
+
+
+def _left_pad(rows: list[list[int]], pad_id: int, device: str) -> dict:
+    import torch
+
+    t = max(map(len, rows))
+    ids = torch.full((len(rows), t), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for k, r in enumerate(rows):
+        ids[k, t - len(r) :] = torch.tensor(r)
+        mask[k, t - len(r) :] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
