@@ -132,3 +132,13 @@ def test_bad_inputs():
         knn_shapley(x, [0, 1, 0], np.zeros((2, 3)), [0, 1], 1)
     with pytest.raises(ValueError, match="cover"):
         knn_ads(x, [0, 1, 0], [[0, 1]], x, [0, 1, 0], 1)
+
+
+def test_fast_order_equals_stable_argsort_with_many_ties():
+    from procure.valuation.knn import _order
+
+    rng = np.random.default_rng(5)
+    for _ in range(100):
+        dist = rng.integers(0, 4, size=(4, int(rng.integers(1, 40)))).astype(float)
+        dist[0] += rng.integers(0, 2, dist.shape[1]) * 1e-9  # equal in float32, different in float64
+        np.testing.assert_array_equal(_order(dist), np.argsort(dist, axis=1, kind="stable"))

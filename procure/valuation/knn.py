@@ -45,16 +45,28 @@ def _check(x_train, y_train, x_test, y_test, k) -> tuple[np.ndarray, np.ndarray,
 
 
 def _order(dist: np.ndarray) -> np.ndarray:
-    """Per row, the player ids sorted by ``(distance, id)``.
+    """Per row, the player ids sorted by ``(distance, id)`` (distances >= 0).
 
-    Hand-written around ``np.argsort``: the default (unstable, SIMD) sort is ~2x faster than ``kind="stable"``
-    and gives the same order in every row without exactly equal distances; rows with ties are re-sorted
-    stably, so ties always go by id."""
-    order = np.argsort(dist, axis=1)
-    srt = np.take_along_axis(dist, order, axis=1)
-    tied = (srt[:, 1:] == srt[:, :-1]).any(axis=1)
-    if tied.any():
-        order[tied] = np.argsort(dist[tied], axis=1, kind="stable")
+    Hand-written: one SIMD ``np.sort`` of packed keys ``float32(distance) bits << 32 | id`` is ~1.5x faster
+    than ``np.argsort`` + a tie check and ~2x faster than a stable argsort. Rounding to float32 is monotone,
+    so the packed order can only be wrong inside runs of equal float32 distances; those runs (few, short) are
+    re-sorted by the exact ``(float64 distance, id)``."""
+    rows, n = dist.shape
+    key = dist.astype(np.float32).view(np.uint32).astype(np.uint64) << np.uint64(32)
+    key |= np.arange(n, dtype=np.uint64)
+    key.sort(axis=1)
+    order = (key & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    hi = key >> np.uint64(32)
+    eq = hi[:, 1:] == hi[:, :-1]
+    if eq.any():
+        in_run = np.zeros(order.shape, dtype=bool)
+        in_run[:, 1:] = eq
+        in_run[:, :-1] |= eq
+        r, p = np.nonzero(in_run)  # row-major: each run's positions are contiguous
+        starts = np.ones(len(p), dtype=bool)
+        starts[1:] = ~((r[1:] == r[:-1]) & (p[1:] == p[:-1] + 1) & eq[r[1:], np.maximum(p[1:] - 1, 0)])
+        ids = order[r, p]
+        order[r, p] = ids[np.lexsort((ids, dist[r, ids], np.cumsum(starts)))]
     return order
 
 
@@ -134,7 +146,8 @@ def _knn_ads_chunk(order: np.ndarray, y_test: np.ndarray, y_train: np.ndarray, g
                 cnt = np.clip(hi - lo + 1, 0, None)
                 bsum = np.where(cnt > 0, bc[r, k - lo] - bc[r, np.clip(k - hi - 1, 0, k)], 0.0)
                 diff[r, j] += (cnt * ai[r, j] - bsum) / (k * (j + 1))
-            phi[:, :-1] = phi_m[:, None] + np.cumsum(diff[:, ::-1], axis=1)[:, ::-1]
+            np.cumsum(diff[:, ::-1], axis=1, out=phi[:, -2::-1])  # phi_i - phi_m = sum_{j >= i} diff_j
+            phi[:, :-1] += phi_m[:, None]
         total += np.bincount(ids.ravel(), weights=phi.ravel(), minlength=n)
         merged = np.sort(np.concatenate([top_rank, r_c[:, :k]], axis=1), axis=1)
         top_rank = merged[:, :k]
