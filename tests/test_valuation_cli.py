@@ -45,7 +45,10 @@ def test_knn_methods_match_library_on_bundled_example(tmp_path, capsys):
     g = [list(np.flatnonzero(train["group"] == 1)), list(np.flatnonzero(train["group"] == 2))]
     np.testing.assert_allclose(got["value"], knn_ads(x, y, g, xt, yt, 3), atol=1e-12)
     assert list(got.columns) == ["id", "group", "value", "stderr"] and list(got["id"]) == list(train["id"])
-    got = _run(tmp_path, "--method", "knn-shapley", *args, "--id", "id", "--owner", "owner")
+    got = _run(
+        tmp_path, "--method", "knn-shapley", *args, "--id", "id", "--owner", "owner", "--plot", f"{tmp_path}/v.png"
+    )
+    assert (tmp_path / "v.png").read_bytes()[:4] == b"\x89PNG"
     np.testing.assert_allclose(got["value"], knn_shapley(x, y, xt, yt, 5), atol=1e-12)
     owners = pd.read_csv(tmp_path / "values_owners.csv").set_index("owner")["value"]
     np.testing.assert_allclose(owners["broker"], got["value"][train["owner"] == "broker"].sum())

@@ -62,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the test split and of MC sampling")
     p.add_argument("--out", default="values.csv", help="output CSV (default values.csv)")
     p.add_argument("--top", type=int, default=5, help="rows to print from the top and the bottom (default 5)")
+    p.add_argument("--plot", default=None, help="also write a PNG: sorted values coloured by group")
     p.set_defaults(func=run)
 
 
@@ -109,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)
     _show(table, args, note, out)
+    if args.plot:
+        _plot(table, args, note, Path(args.plot))
     if args.owner:
         _owners(train, src, values, args, out)
     return 0
@@ -214,4 +217,31 @@ def _owners(train: pd.DataFrame, src, values: np.ndarray, args, out: Path) -> No
     path = out.with_name(out.stem + "_owners" + out.suffix)
     pd.DataFrame({"owner": list(agg), "value": list(agg.values())}).to_csv(path, index=False)
     print("owner totals: " + ", ".join(f"{o}: {v:.4f}" for o, v in sorted(agg.items(), key=lambda kv: -kv[1])[:10]))
+    print(f"wrote {path}")
+
+
+def _plot(table: pd.DataFrame, args, note: str, path: Path) -> None:
+    """Values sorted descending, one colour per group, with the per-group totals in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ranked = table.sort_values("value", ascending=False, kind="stable").reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for g, part in ranked.groupby("group", sort=False, dropna=False):
+        label = f"group {g}: total {part['value'].sum():.4f}" if args.groups else f"total {part['value'].sum():.4f}"
+        ax.bar(part.index, part["value"], width=1.0, label=label)
+        if (part["stderr"] > 0).any():
+            ax.errorbar(part.index, part["value"], yerr=part["stderr"], fmt="none", ecolor="k", lw=0.5)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xlabel("players, sorted by value")
+    ax.set_ylabel("value (utility units)")
+    ax.set_title(f"procure value --method {args.method}", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.text(0.01, 0.01, note, fontsize=6)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
     print(f"wrote {path}")

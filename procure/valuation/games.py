@@ -82,7 +82,7 @@ class CachedUtility:
     ``calls`` counts evaluations of the wrapped utility (= distinct coalitions seen), ``hits`` counts answers
     served from the cache. Coalitions are keyed by their bitmask (a Python int), which is much smaller than a
     frozenset for the many prefixes a Monte Carlo run visits. Wrapping a ``CachedUtility`` again shares its
-    cache (see :func:`cached`).
+    cache (see :func:`cached`). ``store=False`` counts calls without memoising (cheap utilities only).
     """
 
     def __init__(self, utility: Utility, *, store: bool = True):
