@@ -165,3 +165,26 @@ def test_more_user_errors_in_process(bad_inputs, tmp_path, capsys):
         assert main(["value", *argv, "--out", str(tmp_path / "v.csv")]) == 2
         err = capsys.readouterr().err
         assert needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_hcdv_method_is_offered_when_the_module_imports(tmp_path, monkeypatch):
+    import importlib.machinery
+    import types
+
+    from procure.valuation import cli as value_cli
+
+    fake = types.ModuleType(value_cli.HCDV_MODULE)
+    fake.__spec__ = importlib.machinery.ModuleSpec(value_cli.HCDV_MODULE, None)
+    seen = {}
+
+    def hcdv_values(x, y, x_test, y_test, k=5, seed=0):
+        seen.update(k=k, seed=seed, shape=x.shape)
+        return np.arange(len(x), dtype=float)
+
+    fake.hcdv_values = hcdv_values
+    monkeypatch.setitem(sys.modules, value_cli.HCDV_MODULE, fake)
+    assert "hcdv" in value_cli._methods()
+    args = ["--data", str(EXAMPLES / "digits_train.csv"), "--test", str(EXAMPLES / "digits_test.csv")]
+    got = _run(tmp_path, "--method", "hcdv", *args, "--k", "4", "--seed", "3", "--features", "p0,p1,p2")
+    np.testing.assert_allclose(got["value"], np.arange(240.0))
+    assert seen == {"k": 4, "seed": 3, "shape": (240, 3)}
