@@ -184,9 +184,11 @@ def mc_ads(
     permutations (without truncation).
 
     Stops when ``MaxPermutations(n_permutations) | stopping`` says so (at least one must be given); for the
-    (eps, delta) guarantee use ``n_permutations=permutation_budget(eps, delta, n, r)``. ``truncation=tau``
-    enables TMC (Ghorbani & Zou 2019; off by default): once ``|v(D) - v(prefix)| <= tau * |v(D)|`` the rest of
-    the permutation gets marginal 0 without evaluation (biased; breaks exact efficiency). ``cache=False`` stops
+    (eps, delta) guarantee use ``n_permutations=permutation_budget(eps, delta, n, r)`` (a data-dependent rule
+    such as ``StandardErrorBelow`` is convenient but voids that guarantee and adds a small stopping bias).
+    ``truncation=tau`` enables TMC (Ghorbani & Zou 2019; off by default): once
+    ``|v(D) - v(prefix)| <= tau * |v(D)|`` the rest of the permutation gets marginal 0 without evaluation
+    (biased; breaks exact efficiency). ``cache=False`` stops
     memoising coalitions (for cheap utilities with very many permutations; memory is one entry per distinct
     prefix otherwise). ``seed`` is an int or a ``numpy.random.Generator``.
     """
