@@ -27,20 +27,6 @@ from procure.errors import UserError
 
 
 # ----------------------------------------------------------------------------------------------- encoding
-def _chat_prompt(tokenizer: Any, prompt: str, system: str | None) -> str:
-    """The chat-formatted prompt text ending with the assistant header (generation prompt)."""
-    try:  # the shared formatter, so gradients use the trainer's exact prompt
-        from procure.llm.formatting import chat_prompt
-    except ImportError:
-        chat_prompt = None
-    if chat_prompt is not None:
-        return chat_prompt(tokenizer, prompt, system=system)
-    if getattr(tokenizer, "chat_template", None):
-        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        return tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-    return (f"{system}\n\n" if system else "") + f"{prompt}\n"
-
-
 @dataclass
 class Encoded:
     input_ids: torch.Tensor  # (b, t) right-padded
@@ -49,35 +35,15 @@ class Encoded:
 
 
 def encode_examples(tokenizer: Any, examples: Sequence[Mapping[str, Any]], max_length: int) -> Encoded:
-    """Tokenise {"prompt", "answer", optional "system"} dicts: chat prompt + answer + EOS, loss on answer + EOS.
+    """Tokenise {"prompt", "answer", optional "system"} rows exactly as the stage trainer does
+    (:func:`procure.llm.formatting.encode_row`: chat prompt + answer + EOS, loss on answer + EOS, cut at
+    ``max_length``), right-padded."""
+    from procure.llm.formatting import encode_row, pad_batch
 
-    Prompt and answer are tokenised separately and concatenated, so the label boundary is exact. Rows longer
-    than ``max_length`` are cut at the end; a row whose answer is cut away entirely is a user error.
-    """
-    rows, labs = [], []
-    for k, ex in enumerate(examples):
-        if "prompt" not in ex or "answer" not in ex:
-            raise UserError(f"example {k}: needs 'prompt' and 'answer' fields (optional 'system')")
-        p = tokenizer(_chat_prompt(tokenizer, ex["prompt"], ex.get("system")), add_special_tokens=False)["input_ids"]
-        a = tokenizer(str(ex["answer"]), add_special_tokens=False)["input_ids"]
-        if tokenizer.eos_token_id is not None:
-            a = a + [tokenizer.eos_token_id]
-        ids = (p + a)[:max_length]
-        lab = ([-100] * len(p) + a)[:max_length]
-        if all(x == -100 for x in lab[1:]):
-            raise UserError(f"example {k}: max_length={max_length} cuts off the whole answer; raise max_length")
-        rows.append(ids)
-        labs.append(lab)
-    t = max(len(r) for r in rows)
+    rows = [encode_row(tokenizer, ex, max_length, index=k) for k, ex in enumerate(examples)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(rows), t), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), t), dtype=torch.long)
-    labels = torch.full((len(rows), t), -100, dtype=torch.long)
-    for i, (r, lab) in enumerate(zip(rows, labs)):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-        labels[i, : len(lab)] = torch.tensor(lab)
-    return Encoded(ids, mask, labels)
+    b = pad_batch(rows, pad, side="right")
+    return Encoded(b["input_ids"], b["attention_mask"], b["labels"])
 
 
 def _per_example_loss(model: nn.Module, enc: Encoded) -> torch.Tensor:
