@@ -13,6 +13,7 @@ from procure.market.buyer import (
     knapsack_bb,
     max_willingness_to_pay,
     solve_buyer,
+    will_buy,
 )
 from procure.market.mapping import Discrete, Linear, MultiTask, ZeroOne
 from procure.market.round import clear_round
@@ -133,6 +134,8 @@ def test_lemma2_optimal_price_is_an_mwp_and_beats_every_grid_price(n, seed, m):
         if w >= 0:
             assert _buys(j, values, prices, b, prior, w, u)
         assert not _buys(j, values, prices, b, prior, max(w, 0) + 1e-6, u)
+        for p in (0.0, 0.3, 0.9):
+            assert will_buy(j, p, values, prices, b, prior) == _buys(j, values, prices, b, prior, p, u)
     p_star, r_star = optimal_price(mwps, cost)
     for p in np.linspace(0, 2.0, 201):  # brute-force profit over a fine grid never beats the MWP optimum
         sold = sum(_buys(j, values, prices, b, prior, p, u) for b in budgets)

@@ -327,3 +327,19 @@ def brute_force_mwp(j, values, prices, budget, prior, mapping=None, bundle_utili
         px = float(np.sum(prices[x])) if x else 0.0
         best = max(best, min(u - px - g_star, budget - px))
     return float(best)
+
+
+def will_buy(
+    j: int,
+    p_j: float,
+    values: np.ndarray,
+    prices: np.ndarray,
+    budget: float,
+    prior: list[int],
+    mapping=None,
+    bundle_utility: BundleUtility | None = None,
+) -> bool:
+    """Algorithm 1: does the buyer switch to a bundle holding D_j at price p_j? (some x over ``prior`` with
+    g(x + e_j) >= g* and x.p + p_j <= b; ties buy), i.e. p_j <= MWP."""
+    mwp, _ = max_willingness_to_pay(j, values, prices, budget, prior, mapping, bundle_utility)
+    return bool(p_j <= mwp + _tol(mwp))
