@@ -46,6 +46,7 @@ TINY_CONFIG = dict(
     num_hidden_layers=2,
     num_attention_heads=4,
     num_key_value_heads=2,
+    head_dim=32,  # vLLM's CPU attention supports head sizes 32, 64, 80, ... (not 64 / 4 = 16)
     max_position_embeddings=512,
     rms_norm_eps=1e-5,
     tie_word_embeddings=True,
@@ -75,4 +76,4 @@ def tiny_model_dir(seed: int = 0) -> Path:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
 
-    return build_once(cache_dir("models") / f"tiny-llama-seed{seed}", build)
+    return build_once(cache_dir("models") / f"tiny-llama-hd32-seed{seed}", build)

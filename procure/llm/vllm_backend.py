@@ -1,0 +1,241 @@
+"""vLLM backend: one engine for the whole run; adapters per request (LoRA) or pushed in as merged weights.
+
+- ``adapter_mode="lora"``: ``enable_lora=True`` and a ``LoRARequest`` per call. ``max_lora_rank`` is the
+  smallest vLLM rank bucket >= ``lora_rank`` (CPU LoRA kernels get slower as it grows).
+- ``adapter_mode="merged"``: W' = W + s*B@A for the adapter's layers (:func:`procure.llm.merge.lora_deltas`,
+  base W read once from the model's safetensors) is loaded into the running engine with the worker's
+  ``reload_weights`` (vLLM's layer-wise in-place reload, which also re-packs the CPU GEMM weights), and the
+  prefix cache is reset because its KV blocks were computed with the old weights.
+
+By default the engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): no worker processes to
+spawn (so it works under pytest and in scripts without ``__main__`` guards) and weight pushes are plain calls.
+Prompts are tokenised by our tokenizer (:func:`procure.llm.formatting.prompt_ids`) and completions decoded by
+it, so vLLM and HF see and return exactly the same tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from procure.errors import UserError
+from procure.llm.formatting import prompt_ids
+from procure.llm.generate import Generator, GenParams
+from procure.llm.hf_backend import adapter_key
+
+_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_rank_bucket(r: int) -> int:
+    """Smallest rank vLLM accepts as ``max_lora_rank`` that holds an adapter of rank ``r``."""
+    for b in _RANKS:
+        if b >= r:
+            return b
+    raise UserError(f"lora_rank {r}: vLLM serves LoRA ranks up to 512; use adapter_mode=merged")
+
+
+def _base_weights(model_dir: str, names: set[str]) -> dict:
+    """The named tensors from the model folder's safetensors (float32), read lazily file by file."""
+    import torch
+    from safetensors import safe_open
+
+    d = Path(model_dir)
+    index = d / "model.safetensors.index.json"
+    if index.is_file():
+        where = json.loads(index.read_text())["weight_map"]
+        files = {n: d / where[n] for n in names if n in where}
+    else:
+        files = {n: d / "model.safetensors" for n in names}
+    out = {}
+    for f in sorted(set(files.values())):
+        with safe_open(str(f), framework="pt") as h:
+            keys = set(h.keys())
+            for n, ff in files.items():
+                if ff == f and n in keys:
+                    out[n] = h.get_tensor(n).to(torch.float32)
+    missing = names - out.keys()
+    if missing:
+        raise UserError(f"adapter does not fit model {model_dir}: no weight {sorted(missing)[0]}")
+    return out
+
+
+class VLLMGenerator(Generator):
+    """``vllm.LLM`` around ``model_path`` (a local folder or hub id)."""
+
+    backend = "vllm"
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        adapter_mode: str = "merged",
+        lora_rank: int = 16,
+        dtype: str = "float32",
+        max_model_len: int = 512,
+        in_process: bool = True,
+        seed: int = 0,
+        **engine_kwargs,
+    ):
+        if adapter_mode not in ("merged", "lora"):
+            raise UserError(f"adapter_mode {adapter_mode!r}: use merged or lora")
+        if in_process:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+        import torch
+        from vllm import LLM
+
+        from procure.llm.models import load_tokenizer
+
+        self.adapter_mode = adapter_mode
+        self.model_path = model_path
+        self.tokenizer = load_tokenizer(model_path)
+        self.lora_rank = lora_rank_bucket(lora_rank)
+        kwargs = dict(
+            model=model_path,
+            tokenizer=model_path,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            seed=seed,
+            enforce_eager=not torch.cuda.is_available(),
+        )
+        if adapter_mode == "lora":
+            kwargs |= dict(enable_lora=True, max_loras=1, max_lora_rank=self.lora_rank, max_cpu_loras=8)
+        kwargs |= engine_kwargs
+        set_threads, n_threads = torch.set_num_threads, torch.get_num_threads()
+        try:
+            self.llm = LLM(**kwargs)
+        except (ValueError, OSError) as exc:  # bad engine settings or model folder
+            raise UserError(f"vllm engine for {model_path}: {str(exc).splitlines()[0]}") from None
+        finally:
+            # an in-process CPU worker replaces torch.set_num_threads by a no-op for the whole process and may
+            # lower the thread count; undo both so training in the same process keeps its cores
+            torch.set_num_threads = set_threads
+            torch.set_num_threads(n_threads)
+        self._current: tuple[str, int] | None = None
+        self._base: dict = {}  # merged mode: original weights (float32) of every parameter an adapter touched
+        self._lora_ids: dict[tuple[str, int], int] = {}
+        eos = self.tokenizer.eos_token_id
+        gen_eos = getattr(self.llm.llm_engine.model_config.hf_config, "eos_token_id", None)
+        self._stop = sorted(
+            {e for e in ([eos] + (gen_eos if isinstance(gen_eos, list) else [gen_eos])) if e is not None}
+        )
+
+    # ------------------------------------------------------------------------------------------- adapters
+    def _push(self, weights: dict) -> None:
+        if not weights:
+            return
+        items = list(weights.items())
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items, "is_checkpoint_format": True})
+        self.llm.reset_prefix_cache()
+
+    def _switch(self, adapter: Path | None):
+        """Make ``adapter`` current; returns the ``LoRARequest`` to pass (LoRA mode) or None."""
+        key = adapter_key(adapter)
+        if self.adapter_mode == "lora":
+            if key is None:
+                return None
+            from vllm.lora.request import LoRARequest
+
+            from procure.llm.merge import adapter_rank
+
+            r = adapter_rank(adapter)
+            if r > self.lora_rank:
+                raise UserError(f"adapter {adapter}: rank {r} > engine max_lora_rank {self.lora_rank}; raise lora_rank")
+            if key not in self._lora_ids:
+                self._lora_ids[key] = len(self._lora_ids) + 1
+            return LoRARequest(f"a{self._lora_ids[key]}", self._lora_ids[key], key[0])
+        if key == self._current:
+            return None
+        from procure.llm.merge import lora_deltas
+
+        deltas = lora_deltas(adapter) if adapter is not None else {}
+        new = set(deltas) - self._base.keys()
+        if new:
+            self._base |= _base_weights(self.model_path, new)
+        target = {n: w for n, w in self._base.items()}  # restore everything touched so far ...
+        for n, d in deltas.items():  # ... then add this adapter's deltas
+            target[n] = self._base[n] + d
+        dtype = self.llm.llm_engine.model_config.dtype
+        self._push({n: w.to(dtype) for n, w in target.items()})
+        self._current = key
+        return None
+
+    # ----------------------------------------------------------------------------------------- generation
+    def generate(
+        self, prompts: list[str], adapter: Path | None, params: GenParams, system: str | None = None
+    ) -> list[list[str]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        lora = self._switch(adapter)
+        sp = SamplingParams(
+            n=params.n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_new_tokens,
+            seed=params.seed,
+            stop_token_ids=self._stop,
+            detokenize=False,
+        )
+        reqs = [TokensPrompt(prompt_token_ids=prompt_ids(self.tokenizer, p, system)) for p in prompts]
+        outs = self.llm.generate(reqs, sp, lora_request=lora, use_tqdm=False)
+        dec = self.tokenizer.decode
+        return [[dec(list(c.token_ids), skip_special_tokens=True) for c in o.outputs] for o in outs]
+
+    def choice_logprobs(
+        self, prompts: list[str], choices: list[str], adapter: Path | None, system: str | None = None
+    ) -> np.ndarray:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if not choices:
+            raise UserError("choice_logprobs: no choices given")
+        tok = self.tokenizer
+        cids = [tok(c, add_special_tokens=False)["input_ids"] for c in choices]
+        if any(len(c) == 0 for c in cids):
+            raise UserError("choice_logprobs: a choice is empty after tokenisation")
+        lora = self._switch(adapter)
+        pairs = [(i, j, prompt_ids(tok, p, system)) for i, p in enumerate(prompts) for j in range(len(choices))]
+        out = np.zeros((len(prompts), len(choices)))
+        if self.adapter_mode == "merged":
+            reqs = [TokensPrompt(prompt_token_ids=p + cids[j]) for _, j, p in pairs]
+            sp = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+            outs = self.llm.generate(reqs, sp, lora_request=lora, use_tqdm=False)
+            for (i, j, p), o in zip(pairs, outs):
+                seq = p + cids[j]
+                out[i, j] = sum(o.prompt_logprobs[k][seq[k]].logprob for k in range(len(p), len(seq)))
+            return out
+        # LoRA engines fail on prompt_logprobs on CPU (vllm-cpu 0.32: the LoRA logits processor indexes prompt
+        # tokens by request), so score each choice token as a forced one-token completion instead: with the
+        # default raw logprobs, the reported logprob is log-softmax of the unprocessed logits.
+        steps = sorted({(*p, *cids[j][:k], cids[j][k]) for _, j, p in pairs for k in range(len(cids[j]))})
+        groups: dict[int, list[tuple[int, ...]]] = {}
+        for st in steps:
+            groups.setdefault(st[-1], []).append(st)
+        lp: dict[tuple[int, ...], float] = {}
+        for target, sts in groups.items():
+            sp = SamplingParams(max_tokens=1, temperature=0.0, allowed_token_ids=[target], logprobs=0, detokenize=False)
+            outs = self.llm.generate(
+                [TokensPrompt(prompt_token_ids=list(st[:-1])) for st in sts], sp, lora_request=lora, use_tqdm=False
+            )
+            for st, o in zip(sts, outs):
+                lp[st] = o.outputs[0].logprobs[0][target].logprob
+        for i, j, p in pairs:
+            out[i, j] = sum(lp[(*p, *cids[j][: k + 1])] for k in range(len(cids[j])))
+        return out
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception:  # noqa: BLE001 - best effort: the engine may already be gone
+            pass
+        del llm
+        import gc
+
+        gc.collect()
