@@ -134,9 +134,10 @@ class _TableUtility:
     def __init__(self, values, mapping, bundle_utility, items: list[int]):
         n = len(items)
         if n > ENUM_MAX:
+            field = "bundle_utility" if bundle_utility is not None else "mapping"
             raise UserError(
-                f"mapping: a non-affine utility is solved by enumeration, at most {ENUM_MAX} candidates "
-                f"(got {n}); use a linear/zero-one mapping with additive values"
+                f"{field}: a non-additive or non-affine utility is solved by enumeration, at most {ENUM_MAX} "
+                f"candidates (got {n}); use additive values with a linear/zero-one mapping"
             )
         self.items = items
         self.sub = subset_matrix(n)
