@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 
 from procure.errors import UserError
-from procure.market.buyer import max_willingness_to_pay, solve_buyer, subset_matrix
+from procure.market.buyer import ENUM_MAX, max_willingness_to_pay, solve_buyer, subset_matrix
 from procure.market.mapping import Linear, check_utility
 from procure.market.participation import stay_probability
 from procure.market.royalty import ROYALTY_MAX, optimal_rate, solve_royalty_buyer
@@ -91,6 +91,12 @@ def clear_round(
     if contract not in ("fairshare", "royalty"):
         raise UserError(f"contract: unknown '{contract}'; choose 'fairshare' or 'royalty'")
     bu = _Memo(bundle_utility) if bundle_utility is not None else None
+    if (bu is not None or mapping.affine() is None) and n > ENUM_MAX:
+        field = "bundle_utility" if bu is not None else "mapping"
+        raise UserError(
+            f"{field}: a non-additive or non-affine utility is solved by enumeration, at most {ENUM_MAX} "
+            f"candidates (got {n}); use additive values with a linear/zero-one mapping"
+        )
     zeros = np.zeros(n)
     if n == 0:
         return RoundOutcome(zeros, zeros, (), zeros, 0.0, 0.0, "none")
