@@ -27,7 +27,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 demo: install
-	$(BIN)/procure run recipes/conjoint-ads.yaml --out runs/demo
+	$(BIN)/procure run recipes/conjoint-ads.yaml --out runs/demo --resume
 
 bench: install
 	for b in eval/bench_*.py; do $(BIN)/python $$b || exit 1; done
