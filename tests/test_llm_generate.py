@@ -1,0 +1,126 @@
+"""Generators on the tiny model: HF merged vs peft adapters, batching, naive scoring, and vLLM == HF (greedy, fp32)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from procure.errors import UserError
+from procure.llm import generate as gen_mod
+from procure.llm.formatting import prompt_ids
+from procure.llm.generate import GenParams, make_generator
+from procure.llm.train import StageTrainer, TrainConfig
+
+SYSTEM = "Rate the product."
+PROMPTS = ["Product: red, small, cotton", "Product: a very long and detailed description " * 3, "hi"]
+CHOICES = ["Rating: 7.", "Rating: 42.", "no"]
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory):
+    """Two stages: A1 from scratch, A2 continuing A1 on other answers (outputs become peaked, so greedy
+    decoding has clear winners)."""
+    d = tmp_path_factory.mktemp("adapters")
+    tr = StageTrainer("tiny", TrainConfig(epochs=5, lr=5e-2, batch_size=6, lora_r=8, seed=0))
+    rows = [{"prompt": p, "answer": "Rating: 7.", "system": SYSTEM} for p in PROMPTS + ["x", "y", "z"]]
+    a1 = tr.train(rows, d / "a1", progress=False).adapter_dir
+    rows2 = [{**r, "answer": "Rating: 42."} for r in rows]
+    a2 = tr.train(rows2, d / "a2", init_adapter=a1, progress=False).adapter_dir
+    return tr.model_path, a1, a2
+
+
+@pytest.fixture(scope="module")
+def hf_results(adapters):
+    """Greedy generations and choice log-probs of the HF merged generator, per adapter (None, a1, a2)."""
+    path, a1, a2 = adapters
+    g = make_generator(path, backend="hf", adapter_mode="merged")
+    out = {}
+    for name, a in [("base", None), ("a1", a1), ("a2", a2)]:
+        out[name] = (
+            g.generate(PROMPTS, a, GenParams(max_new_tokens=6), system=SYSTEM),
+            g.choice_logprobs(PROMPTS, CHOICES, a, system=SYSTEM),
+        )
+    g.close()
+    return out
+
+
+def test_hf_merged_equals_peft_adapters_and_switching_back_restores(adapters, hf_results):
+    path, a1, a2 = adapters
+    assert hf_results["a1"][0] != hf_results["base"][0]  # the adapter changed the answers
+    assert hf_results["a1"][0] != hf_results["a2"][0]
+    lo = make_generator(path, backend="hf", adapter_mode="lora")
+    me = make_generator(path, backend="hf", adapter_mode="merged")
+    w0 = {n: p.detach().clone() for n, p in me.model.named_parameters()}
+    for name, a in [("a2", a2), ("base", None), ("a1", a1)]:
+        for g in (lo, me):
+            gens = g.generate(PROMPTS, a, GenParams(max_new_tokens=6), system=SYSTEM)
+            lps = g.choice_logprobs(PROMPTS, CHOICES, a, system=SYSTEM)
+            assert gens == hf_results[name][0], (g.adapter_mode, name)
+            np.testing.assert_allclose(lps, hf_results[name][1], atol=2e-4)
+    me.generate(PROMPTS[:1], None, GenParams(max_new_tokens=1))
+    for n, p in me.model.named_parameters():  # back on the base model: weights restored bit for bit
+        assert torch.equal(p, w0[n]), n
+
+
+def test_choice_logprobs_equal_naive_unbatched_forward(adapters, hf_results):
+    from peft import PeftModel
+
+    from procure.llm.models import load_model, load_tokenizer
+
+    path, a1, _ = adapters
+    tok = load_tokenizer(path)
+    model = PeftModel.from_pretrained(load_model(path), str(a1))
+    expect = np.zeros((len(PROMPTS), len(CHOICES)))
+    for i, p in enumerate(PROMPTS):
+        for j, c in enumerate(CHOICES):
+            pi = prompt_ids(tok, p, SYSTEM)
+            ci = tok(c, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([pi + ci])).logits[0]
+            logp = torch.log_softmax(logits, -1)
+            expect[i, j] = sum(float(logp[len(pi) - 1 + k, t]) for k, t in enumerate(ci))
+    np.testing.assert_allclose(hf_results["a1"][1], expect, atol=2e-4)
+    # probabilities of single next tokens are at most 1
+    assert (hf_results["a1"][1] < 0).all()
+
+
+def test_batched_left_padding_equals_one_prompt_at_a_time(adapters, hf_results):
+    path, a1, _ = adapters
+    g = make_generator(path, backend="hf", adapter_mode="merged", batch_size=1)
+    assert g.generate(PROMPTS, a1, GenParams(max_new_tokens=6), system=SYSTEM) == hf_results["a1"][0]
+    sampled = GenParams(max_new_tokens=4, temperature=1.0, n=3, seed=5)
+    s1 = g.generate(PROMPTS[:2], a1, sampled, system=SYSTEM)
+    assert [len(x) for x in s1] == [3, 3]
+    assert g.generate(PROMPTS[:2], a1, sampled, system=SYSTEM) == s1  # seeded
+
+
+def test_make_generator_errors_and_auto(monkeypatch, adapters):
+    path = adapters[0]
+    with pytest.raises(UserError, match="backend"):
+        make_generator(path, backend="tpu")
+    with pytest.raises(UserError, match="adapter_mode"):
+        make_generator(path, backend="hf", adapter_mode="fused")
+    monkeypatch.setattr(gen_mod, "vllm_available", lambda: False)
+    with pytest.raises(UserError, match="vllm is not installed"):
+        make_generator(path, backend="vllm")
+    g = make_generator(path)  # auto without vLLM (and on CPU) -> HF
+    assert g.backend == "hf"
+    with pytest.raises(UserError, match="adapter_model"):
+        g.generate(["x"], adapters[1].parent, GenParams())
+
+
+@pytest.mark.skipif(not gen_mod.vllm_available(), reason="vllm is not installed")
+@pytest.mark.parametrize("mode", ["merged", "lora"])
+def test_vllm_equals_hf_greedy_float32(adapters, hf_results, mode):
+    """One engine per mode, never restarted: base -> a1 -> a2 -> base, all equal to HF."""
+    path, a1, a2 = adapters
+    g = make_generator(path, backend="vllm", adapter_mode=mode, lora_rank=8, dtype="float32", max_model_len=256)
+    try:
+        assert (g.backend, g.adapter_mode) == ("vllm", mode)
+        for name, a in [("base", None), ("a1", a1), ("a2", a2), ("base", None)]:
+            assert g.generate(PROMPTS, a, GenParams(max_new_tokens=6), system=SYSTEM) == hf_results[name][0], name
+            lps = g.choice_logprobs(PROMPTS, CHOICES, a, system=SYSTEM)
+            np.testing.assert_allclose(lps, hf_results[name][1], atol=2e-3)
+    finally:
+        g.close()
