@@ -246,3 +246,38 @@ def test_resume_with_a_different_recipe_is_refused(tmp_path):
         Runner(parse_recipe(recipe_dict(methods=["random"], seeds=[0], rounds=2)), tmp_path / "run", resume=True)
     with pytest.raises(UserError, match="--resume"):
         Runner(parse_recipe(recipe_dict(methods=["random"], seeds=[0], rounds=1)), tmp_path / "run")
+
+
+def _worker(index: int, size: int, barrier, run_dir: str, out: str) -> None:
+    from test_pipeline_fakes import FakeLearner, FakeScenario
+
+    from procure.pipeline.loop import World
+
+    learner = FakeLearner({})
+    recipe = parse_recipe(recipe_dict(methods=["ads", "loo"], seeds=[0], rounds=2))
+    world = World(index, size, (lambda: barrier.wait(timeout=60)) if barrier else (lambda: None))
+    Runner(recipe, run_dir, scenario_factory=lambda s: FakeScenario({}, s, 3), learner=learner, world=world).run()
+    Path(out).write_text(f"{learner.trained} {learner.evaluated}")
+
+
+def test_two_processes_shard_coalitions_and_give_the_same_ledger(tmp_path):
+    """The accelerate protocol with a stand-in process group: coalition trainings of a round are split between
+    the processes; everything else is done once; the ledger equals a single-process run."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(2)
+    procs = [
+        ctx.Process(target=_worker, args=(i, 2, barrier, str(tmp_path / "two"), str(tmp_path / f"c{i}")))
+        for i in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    _worker(0, 1, None, str(tmp_path / "one"), str(tmp_path / "c"))
+    assert dump(tmp_path / "two") == dump(tmp_path / "one")
+    (t0, _), (t1, _) = [map(int, (tmp_path / f"c{i}").read_text().split()) for i in range(2)]
+    (t, _) = map(int, (tmp_path / "c").read_text().split())
+    assert t0 + t1 == t and t1 > 0  # every state trained exactly once, some by the second process

@@ -170,24 +170,26 @@ class Runner:
         self.run_dir = Path(run_dir)
         self.world = world or World.detect()
         ledger_path = self.run_dir / "ledger.sqlite"
-        if ledger_path.exists() and not resume and self.world.is_main:
-            raise UserError(
-                f"--out {self.run_dir} already holds a run; pass --resume to continue it or choose another --out"
-            )
-        self.ledger = Ledger.open(ledger_path)
-        stored = self.ledger.get_meta("recipe")
-        if stored is None:
-            if self.world.is_main:
-                self.ledger.set_meta("recipe", recipe.canonical_json())
-                (self.run_dir / "recipe.yaml").write_text(
-                    yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+        if self.world.is_main:
+            if ledger_path.exists() and not resume:
+                raise UserError(
+                    f"--out {self.run_dir} already holds a run; pass --resume to continue it or choose another --out"
                 )
-        elif json.loads(stored) != json.loads(recipe.canonical_json()):
-            self.ledger.close()
-            raise UserError(
-                f"recipe differs from the one {self.run_dir} was started with; resume with the same recipe "
-                f"(copy in {self.run_dir / 'recipe.yaml'}) or choose another --out"
-            )
+            self.ledger = Ledger.open(ledger_path)
+            stored = self.ledger.get_meta("recipe")
+            if stored is None:
+                self.ledger.set_meta("recipe", recipe.canonical_json())
+                text = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+                (self.run_dir / "recipe.yaml").write_text(text)
+            elif json.loads(stored) != json.loads(recipe.canonical_json()):
+                self.ledger.close()
+                raise UserError(
+                    f"recipe differs from the one {self.run_dir} was started with; resume with the same recipe "
+                    f"(copy in {self.run_dir / 'recipe.yaml'}) or choose another --out"
+                )
+        self.world.barrier()
+        if not self.world.is_main:
+            self.ledger = Ledger.open(ledger_path)
         self._scenario_factory = scenario_factory
         self._learner = learner
         self._scenarios: dict[int, Scenario] = {}
@@ -274,7 +276,7 @@ class Runner:
             leave=True,
         )
         for t in bar:
-            done = self.ledger.get(f"settle|{arm}|{t}")
+            done = self._sync_get(f"settle|{arm}|{t}")
             if done is None:
                 done = self._round(method, seed, arm, t, state, active, spent)
             state, active, spent = done["state"], done["active"], done["spent"]
@@ -400,7 +402,7 @@ class Runner:
         self, method: str, seed: int, arm: str, t: int, state: str, cands: list[Candidate], clock: _Clock
     ) -> dict[str, Any]:
         key = f"value|{arm}|{t}"
-        got = self.ledger.get(key)
+        got = self._sync_get(key)
         if got is not None:
             return got
         n = len(cands)
@@ -638,6 +640,15 @@ class Runner:
         return got
 
     # -- ledger helpers ---------------------------------------------------------------------------------------
+    def _sync_get(self, key: str) -> Any | None:
+        """``ledger.get`` that every process answers alike (read between two barriers), for control flow."""
+        if self.world.size == 1:
+            return self.ledger.get(key)
+        self.world.barrier()
+        got = self.ledger.get(key)
+        self.world.barrier()
+        return got
+
     def _shared(
         self,
         key: str,
