@@ -225,13 +225,13 @@ class Runner:
 
     # -- the run ----------------------------------------------------------------------------------------------
     def run(self) -> Path:
-        """Run (or continue) every arm; write report.md at the end. Returns the run directory."""
+        """Run (or continue) every arm; write report.md at the end. Returns the run directory.
+
+        Order: seeds, then rounds, then methods, so all arms of a seed advance together (round 1 of every arm
+        shares A_0 and the candidates, and an interrupted run has comparable rounds for every method)."""
         try:
-            arms = self.recipe.arms()
             for seed in self.recipe.seeds:
-                root = self._root(seed)
-                for method in self.recipe.methods:
-                    self._run_arm(method, seed, root, arms.index((method, seed)) + 1, len(arms))
+                self._run_seed(seed)
         finally:
             if self._learner is not None:
                 self._learner.close()
@@ -255,32 +255,36 @@ class Runner:
         self._train(node, base, 0, "warmup", warm, _seed(seed, "warmup"), epochs=epochs, clock=_Clock())
         return node
 
-    def _run_arm(self, method: str, seed: int, root: str, k: int, n_arms: int) -> None:
-        arm = f"{method}-s{seed}"
+    def _run_seed(self, seed: int) -> None:
+        root = self._root(seed)
         scen = self.scenario(seed)
-        state, active, spent = root, list(range(scen.n_sellers)), 0.0
-        test0 = self._evaluate(state, "test", seed, _Clock())
-        self._shared(
-            f"metric|{arm}|0",
-            lambda: {"arm": arm},
-            kind="metric",
-            arm=arm,
-            round=0,
-            rows=lambda p: {"metrics": [self._metric_row(arm, 0, state, test0, 0.0, seed)]},
-        )
-        bar = tqdm(
-            range(1, self.recipe.rounds + 1),
-            desc=f"[{k}/{n_arms}] {arm}",
-            unit="round",
-            disable=not self.progress,
-            leave=True,
-        )
+        methods = self.recipe.methods
+        # per arm: (state, active sellers, money spent so far)
+        at: dict[str, tuple[str, list[int], float]] = {}
+        test0 = self._evaluate(root, "test", seed, _Clock())
+        for method in methods:
+            arm = f"{method}-s{seed}"
+            at[arm] = (root, list(range(scen.n_sellers)), 0.0)
+            self._shared(
+                f"metric|{arm}|0",
+                lambda arm=arm: {"arm": arm},
+                kind="metric",
+                arm=arm,
+                round=0,
+                rows=lambda p, arm=arm: {"metrics": [self._metric_row(arm, 0, root, test0, 0.0, seed)]},
+            )
+        bar = tqdm(range(1, self.recipe.rounds + 1), desc=f"seed {seed}", unit="round", disable=not self.progress)
         for t in bar:
-            done = self._sync_get(f"settle|{arm}|{t}")
-            if done is None:
-                done = self._round(method, seed, arm, t, state, active, spent)
-            state, active, spent = done["state"], done["active"], done["spent"]
-            bar.set_postfix(metric=f"{done['metric']:.4g}", bought=done["bought_sellers"])
+            post = {}
+            for method in methods:
+                arm = f"{method}-s{seed}"
+                state, active, spent = at[arm]
+                done = self._sync_get(f"settle|{arm}|{t}")
+                if done is None:
+                    done = self._round(method, seed, arm, t, state, active, spent)
+                at[arm] = (done["state"], done["active"], done["spent"])
+                post[method] = f"{done['metric']:.3g}"
+            bar.set_postfix(post)
         bar.close()
 
     # -- one round --------------------------------------------------------------------------------------------
