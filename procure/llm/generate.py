@@ -82,14 +82,15 @@ def _device_kind() -> str:
 
 
 def auto_choice(device: str | None = None) -> tuple[str, str]:
-    """(backend, adapter_mode) used for ``"auto"``, from eval/bench_llm.py's measurements.
+    """(backend, adapter_mode) used for ``"auto"``: the fastest combination measured by eval/bench_llm.py.
 
-    CPU (2 cores, SmolLM2-135M, 8 adapters x 64 prompts x 8 tokens): HF with merged weights is fastest (vLLM
-    pays ~30 s of engine start and is not faster per token on CPU; vLLM LoRA kernels are ~5x slower than
-    merged). GPU: vLLM with merged-weight pushes (continuous batching and CUDA graphs dominate there).
+    CPU (2 shared cores, SmolLM2-135M, 8 adapters x 64 prompts x 8 tokens, README table): vLLM with merged-weight
+    pushes was fastest including its engine start (about 10 s per adapter against 18-85 s for HF ``generate``,
+    whose OpenMP threads suffer most when the cores are shared); vLLM LoRA kernels were ~3.5x slower than
+    merged. GPU: the same (continuous batching and CUDA graphs). Without vLLM installed: HF, merged.
     """
-    device = device or _device_kind()
-    if device == "cuda" and vllm_available():
+    del device  # the same choice on CPU and CUDA today; kept so a device can get its own measurement
+    if vllm_available():
         return "vllm", "merged"
     return "hf", "merged"
 
@@ -121,7 +122,7 @@ def make_generator(
         raise UserError(f"generation.adapter_mode {adapter_mode!r}: use auto, lora or merged")
     auto_backend, auto_mode = auto_choice(device)
     if backend == "auto":
-        backend = auto_backend if (auto_backend != "vllm" or vllm_available()) else "hf"
+        backend = auto_backend
         mode = auto_mode if mode == "auto" else mode
     elif mode == "auto":
         mode = "merged"
