@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,9 @@ def test_atomic_save_replaces_and_creates(tmp_path):
     atomic_save(save("two"), tmp_path / "x")
     assert (tmp_path / "x" / "f.txt").read_text() == "two"
     assert [p.name for p in tmp_path.iterdir()] == ["x"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
+def test_qlora_without_bitsandbytes_is_user_error():
+    with pytest.raises(UserError, match="bitsandbytes"):
+        StageTrainer("tiny", TrainConfig(quantize_4bit=True))

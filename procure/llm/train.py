@@ -51,6 +51,9 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping; None = off")
     shuffle: bool = True
+    quantize_4bit: bool = Field(
+        False, description="QLoRA: nf4 base weights via bitsandbytes (GPU; not in the CPU install)"
+    )
 
 
 @dataclass
@@ -109,7 +112,7 @@ class StageTrainer:
         self.accelerator = Accelerator(cpu=device == "cpu")
         self.model_path = resolve_model(model_path)
         self.tokenizer = load_tokenizer(self.model_path)
-        self.quantize_4bit = quantize_4bit
+        self.quantize_4bit = quantize_4bit = quantize_4bit or self.cfg.quantize_4bit
         self.base = load_model(
             self.model_path, dtype="float32", device=str(self.accelerator.device), quantize_4bit=quantize_4bit
         )
