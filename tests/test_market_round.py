@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from procure.errors import UserError
 from procure.market.buyer import subset_matrix
 from procure.market.round import RoundOutcome, clear_round, royalty_payouts, stay_probability
-from procure.market.royalty import optimal_rate, rate_candidates
+from procure.market.royalty import envelope_breakpoints, optimal_rate, rate_candidates, seller_revenue
 
 SET = settings(max_examples=25, deadline=None)
 
@@ -101,9 +101,27 @@ def test_lemma6_optimal_rate_is_a_breakpoint_and_beats_every_grid_rate(n, seed, 
     j, prior = n - 1, list(range(n - 1))
     alpha, profit = optimal_rate([utils], rates, j, prior, [max_rate])
     if profit > 0:
-        assert np.min(np.abs(rate_candidates(utils, rates, j, prior, max_rate) - alpha)) < 1e-12
+        cands = np.concatenate(
+            [rate_candidates(utils, rates, j, prior, max_rate), envelope_breakpoints(utils, rates, j, prior, max_rate)]
+        )
+        assert np.min(np.abs(cands - alpha)) < 1e-12
     for a in np.linspace(0, 0.999, 300):
         assert _naive_revenue(utils, rates, j, list(range(n)), a, max_rate) <= profit + 1e-9
+
+
+def test_lemma6_breakpoints_alone_can_miss_the_optimal_rate():
+    """Erratum: two bundles holding D_3 compete; as alpha rises the buyer moves to the smaller one, and the
+    revenue alpha * u(x) peaks where they cross, which is not one of Eq. 27's breakpoints."""
+    rng = np.random.default_rng(186)
+    v = rng.uniform(0, 1, 4)
+    utils = subset_matrix(4) @ v
+    rates = np.zeros(4)
+    rates[:3] = rng.uniform(0, 0.3, 3)
+    lemma6 = rate_candidates(utils, rates, 3, [0, 1, 2], 0.5)
+    best6 = max(seller_revenue([utils], rates, 3, [0, 1, 2, 3], a, [0.5]) for a in lemma6)
+    alpha, profit = optimal_rate([utils], rates, 3, [0, 1, 2], [0.5])
+    grid = max(_naive_revenue(utils, rates, 3, [0, 1, 2, 3], a, 0.5) for a in np.linspace(0, 0.999, 1000))
+    assert best6 < grid - 1e-3 and grid <= profit + 1e-9
 
 
 def test_royalty_round_and_payouts():

@@ -84,6 +84,63 @@ def rate_candidates(utils: np.ndarray, rates: np.ndarray, j: int, prior: list[in
     return np.unique(cand)
 
 
+def envelope_breakpoints(utils: np.ndarray, rates: np.ndarray, j: int, prior: list[int], max_rate: float) -> np.ndarray:
+    """Right ends of the segments of alpha -> seller j's revenue alpha u(x*(alpha)) for one buyer (exact).
+
+    Each bundle x + e_j (x over ``prior``) retains the line (1 - F(x) - alpha) u(x + e_j) on alpha <= alpha_bar -
+    F(x). The buyer takes the upper envelope's bundle while it is >= R* (its best without j). The revenue is
+    increasing on each envelope segment, so its maximum is at a segment's right end: where the line meets R*
+    or its rate cap (Lemma 6's two terms) or where a flatter line (a bundle of smaller utility) overtakes it.
+    Lemma 6 omits that last kind; they matter when several bundles holding D_j compete."""
+    n = rates.size
+    sub = subset_matrix(n)
+    in_prior = np.zeros(n, dtype=bool)
+    in_prior[prior] = True
+    only_prior = ~(sub[:, ~in_prior]).any(axis=1)
+    r0 = rates.copy()
+    r0[j] = 0.0
+    f = sub @ r0
+    ok0 = only_prior & (f <= max_rate + 1e-12) & (((1.0 - f) * utils >= -1e-12) | ~sub.any(axis=1))
+    thr = max(float(((1.0 - f) * utils)[ok0].max()), 0.0) if ok0.any() else 0.0
+    xs = np.flatnonzero(only_prior)
+    slope = utils[xs | (1 << j)]
+    inter = (1.0 - f[xs]) * slope
+    dom = np.minimum(max_rate - f[xs], 1.0 - f[xs])
+    keep = (slope > 0) & (dom >= 0)
+    slope, inter, dom = slope[keep], inter[keep], dom[keep]
+    out: list[float] = []
+    alpha = 0.0
+    eps = 1e-12
+    for _ in range(slope.size + 1):
+        live = dom >= alpha - eps
+        if not live.any():
+            break
+        val = np.where(live, inter - alpha * slope, -np.inf)
+        top = val.max()
+        if top < thr - 1e-12 * max(1.0, thr):
+            break
+        near = np.flatnonzero(val >= top - 1e-12 * max(1.0, abs(top)))
+        if out:  # just after a breakpoint the flattest of the tied lines leads
+            cur = int(near[np.argmin(slope[near])])
+        else:  # at alpha = 0 ties go to the larger utility
+            cur = int(near[np.argmax(slope[near])])
+        end = min(float(dom[cur]), float((inter[cur] - thr) / slope[cur]))
+        flatter = live & (slope < slope[cur] - eps)
+        if flatter.any():
+            cross = (inter[cur] - inter[flatter]) / (slope[cur] - slope[flatter])
+            cross = cross[cross > alpha + eps]
+            if cross.size:
+                end = min(end, float(cross.min()))
+        if end < alpha - eps:
+            break
+        out.append(end)
+        if end <= alpha + eps and out[:-1] and abs(out[-2] - end) <= eps:
+            break  # no progress
+        alpha = end + eps
+    cand = np.array(out)
+    return np.unique(cand[(cand >= 0) & (cand < 1.0)])
+
+
 def seller_revenue(
     utils_per_buyer: list[np.ndarray], rates: np.ndarray, j: int, items: list[int], alpha: float, max_rates
 ) -> float:
@@ -110,11 +167,13 @@ def seller_revenue(
 def optimal_rate(
     utils_per_buyer: list[np.ndarray], rates: np.ndarray, j: int, prior: list[int], max_rates, cost: float = 0.0
 ) -> tuple[float, float]:
-    """Seller j's optimal rate (Eq. 25) over the union of Lemma 6 breakpoints of all buyers.
+    """Seller j's optimal rate (Eq. 25) over the union of all buyers' Lemma 6 breakpoints and envelope breakpoints
+    (``envelope_breakpoints``: Lemma 6 alone can miss the optimum).
     Returns (alpha*, profit); alpha* = 0 with profit -cost when no rate sells."""
     cands = set()
     for utils, mr in zip(utils_per_buyer, max_rates):
         cands.update(float(a) for a in rate_candidates(utils, rates, j, prior, mr))
+        cands.update(float(a) for a in envelope_breakpoints(utils, rates, j, prior, mr))
     best = (0.0, -cost)
     items = sorted(set(prior) | {j})
     for a in sorted(cands):
