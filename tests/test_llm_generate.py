@@ -89,6 +89,8 @@ def test_batched_left_padding_equals_one_prompt_at_a_time(adapters, hf_results):
     path, a1, _ = adapters
     g = make_generator(path, backend="hf", adapter_mode="merged", batch_size=1)
     assert g.generate(PROMPTS, a1, GenParams(max_new_tokens=6), system=SYSTEM) == hf_results["a1"][0]
+    greedy_n = g.generate(PROMPTS, a1, GenParams(max_new_tokens=6, n=2), system=SYSTEM)
+    assert greedy_n == [x * 2 for x in hf_results["a1"][0]]
     sampled = GenParams(max_new_tokens=4, temperature=1.0, n=3, seed=5)
     s1 = g.generate(PROMPTS[:2], a1, sampled, system=SYSTEM)
     assert [len(x) for x in s1] == [3, 3]

@@ -131,7 +131,7 @@ class HFGenerator(Generator):
             temperature=None if greedy else params.temperature,
             top_p=None if greedy else params.top_p,
             top_k=None,
-            num_return_sequences=params.n,
+            num_return_sequences=1 if greedy else params.n,  # greedy: one decode, copied n times
             pad_token_id=tok.pad_token_id,
             eos_token_id=self.model.generation_config.eos_token_id or tok.eos_token_id,
             bos_token_id=tok.bos_token_id,
@@ -145,8 +145,9 @@ class HFGenerator(Generator):
                 gen = model.generate(**batch, generation_config=gcfg)
                 new = gen[:, batch["input_ids"].shape[1] :]
                 texts = tok.batch_decode(new, skip_special_tokens=True)
+                k = 1 if greedy else params.n
                 for j, i in enumerate(idx):
-                    out[i] = texts[j * params.n : (j + 1) * params.n]
+                    out[i] = texts[j * k : (j + 1) * k] * (params.n if greedy else 1)
         return out
 
     def choice_logprobs(
