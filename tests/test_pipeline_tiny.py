@@ -39,3 +39,58 @@ def test_quickstart_tiny_end_to_end(tmp_path):
             vals = [r["value"] for r in led.rows("valuations", "arm='ads-s0' AND round=?", (t,))]
             assert math.isclose(sum(vals), co["0+1"] - co["-"], abs_tol=1e-9)
     assert (d / "report.md").is_file() and (d / "plots" / "metric_per_round.png").is_file()
+
+
+def test_qa_gradient_and_text_methods_on_tiny(tmp_path):
+    """Infl_IP / DataInf (per-sample LoRA gradients at the current state) and BM25 through the real learner,
+    on a small local multiple-choice file; fairshare with a budget below the total buys a subset."""
+    import numpy as np
+
+    from procure.pipeline.recipe import parse_recipe
+
+    rng = np.random.default_rng(0)
+    items = []
+    for k in range(60):
+        a, b = int(rng.integers(1, 50)), int(rng.integers(1, 50))
+        opts = [a + b, a + b + 1, a * b, a + b - 1]
+        items.append(
+            {"input": f"{a} + {b} = ? ({k})", "target_scores": {str(o): int(i == 0) for i, o in enumerate(opts)}}
+        )
+    data = tmp_path / "qa.json"
+    data.write_text(json.dumps({"examples": items}))
+    recipe = parse_recipe(
+        {
+            "name": "qa-tiny",
+            "model": "tiny",
+            "rounds": 1,
+            "methods": ["infl_ip", "datainf", "bm25"],
+            "task": {
+                "kind": "qa",
+                "data_file": str(data),
+                "n_sellers": 3,
+                "rows_per_seller": 3,
+                "reference_size": 6,
+                "val_size": 4,
+                "test_size": 8,
+                "noise_shares": [0.0, 1.0],
+            },
+            "valuation": {"projection_dim": 16},
+            "market": {"contract": "fairshare", "budget_fraction": 0.5},
+            "training": {"epochs": 1, "batch_size": 3, "lora_r": 2, "lora_alpha": 4, "max_length": 128},
+            "generation": {"backend": "hf", "max_new_tokens": 2},
+            "progress": False,
+        }
+    )
+    d = run_recipe(recipe, tmp_path / "run")
+    with Ledger.open(d / "ledger.sqlite", create=False) as led:
+        vals = led.rows("valuations")
+        assert len(vals) == 9 and all(math.isfinite(v["value"]) for v in vals)
+        for m in ("infl_ip", "datainf"):
+            assert len({round(v["value"], 12) for v in vals if v["arm"] == f"{m}-s0"}) == 3  # informative
+        for p in led.rows("purchases"):
+            assert p["price"] >= 0
+        spent = {m["arm"]: m["spent"] for m in led.rows("metrics", "round = 1")}
+        offers = led.rows("offers")
+        for arm, total in spent.items():
+            budget = 0.5 * sum(max(o["utility"], 0) for o in offers if o["arm"] == arm)
+            assert total <= budget + 1e-9
