@@ -1,0 +1,305 @@
+"""Benchmark: data values for LLM training data, ours vs the reference in one process.
+
+1. ``datainf`` (vectorised) vs the naive per-sample, per-layer loop of the DESIGN.md formula, n = 2,000 random
+   gradients with SmolLM2-135M LoRA r = 8 shapes (q_proj, v_proj on 30 layers: 460,800 values per sample).
+2. Quality on a tiny model: Spearman correlation of DataInf and Infl_IP with exact damped inverse-curvature
+   influence, g_i . (C_l + lam_l I)^-1 v_l per LoRA layer block, with C_l = the exact empirical Fisher
+   (1/n) sum_i g_il g_il^T (what DataInf approximates) and C_l = the exact Hessian block of the training loss.
+3. ``per_sample_lora_grads`` batched (hooks) vs a batch-1 backward loop on SmolLM2-135M, ~64-token examples.
+4. ``bm25_values`` vs rank-bm25 ``BM25Okapi.get_scores`` looped over queries, 10,000 candidates x 200 queries.
+
+Prints one markdown table (and the Spearman table); writes eval/results/bench_influence_scatter.png.
+Run: ``HF_HUB_OFFLINE=1 .venv/bin/python eval/bench_influence.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _timeit(fn, repeat: int = 1):
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+# ------------------------------------------------------------------------------------------------- DataInf
+def smollm2_lora_shapes(r: int = 8) -> list[tuple[str, tuple[int, int], tuple[int, int]]]:
+    """(layer, A shape, B shape) of SmolLM2-135M with LoRA on q_proj and v_proj (hidden 576, 3 kv heads x 64)."""
+    out = []
+    for layer in range(30):
+        for mod, d_out in (("q_proj", 576), ("v_proj", 192)):
+            out.append((f"base_model.model.model.layers.{layer}.self_attn.{mod}", (r, 576), (d_out, r)))
+    return out
+
+
+def naive_datainf(train, val, lambda_scale: float = 0.1) -> torch.Tensor:
+    """DESIGN.md's formula as a loop over layers and samples (one vector at a time)."""
+    layers = list(dict.fromkeys(k.split(".lora_")[0] for k in train))
+    n = next(iter(train.values())).shape[0]
+    scores = [0.0] * n
+    for layer in layers:
+        a, b = f"{layer}.lora_A.default.weight", f"{layer}.lora_B.default.weight"
+        v = torch.cat([val[a].reshape(-1), val[b].T.reshape(-1)])
+        gs = [torch.cat([train[a][i].reshape(-1), train[b][i].T.reshape(-1)]) for i in range(n)]
+        lam = lambda_scale * sum(float((g**2).mean()) for g in gs) / n
+        hinv_v = torch.zeros_like(v)
+        for g in gs:
+            hinv_v += (v - (float(v @ g) / (lam + float(g @ g))) * g) / (n * lam)
+        for i, g in enumerate(gs):
+            scores[i] += float(hinv_v @ g)
+    return torch.tensor(scores, dtype=torch.float64)
+
+
+def bench_datainf(n: int) -> dict:
+    from procure.valuation.influence import datainf
+
+    gen = torch.Generator().manual_seed(0)
+    train, val = {}, {}
+    for layer, a_shape, b_shape in smollm2_lora_shapes():
+        for kind, shape in (("A", a_shape), ("B", b_shape)):
+            train[f"{layer}.lora_{kind}.default.weight"] = torch.randn(n, *shape, generator=gen)
+            val[f"{layer}.lora_{kind}.default.weight"] = torch.randn(*shape, generator=gen)
+    ours_s, ours = _timeit(lambda: datainf(train, val), repeat=3)
+    ref_s, ref = _timeit(lambda: naive_datainf(train, val))
+    err = float((ours - ref).abs().max() / ref.abs().max())
+    p = sum(v.numel() for v in val.values())
+    return {
+        "what": f"datainf, n={n}, SmolLM2 LoRA r=8 q/v shapes ({p:,} values/sample, float32)",
+        "ours": ours_s,
+        "ref": ref_s,
+        "ref_name": "naive per-sample per-layer loop",
+        "check": f"max rel. diff {err:.1e}",
+    }
+
+
+# -------------------------------------------------------------------------------- exact influence (tiny)
+def _tiny_setup(n_train: int, n_val: int, seed: int = 0):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from procure.llm.tiny import tiny_model_dir
+    from procure.tasks.conjoint import ConjointWorld, make_candidates
+
+    d = tiny_model_dir()
+    tok = AutoTokenizer.from_pretrained(d)
+    # eager attention: the CPU SDPA kernel has no double backward (needed for Hessian-vector products)
+    base = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float64, attn_implementation="eager")
+    torch.manual_seed(seed)
+    cfg = LoraConfig(r=2, lora_alpha=4, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(base, cfg)
+    world = ConjointWorld(seed)
+    train = [r for rows in make_candidates(world, 4, n_train // 4, (0.0, 0.3, 0.6, 1.0), rng=seed) for r in rows]
+    val = make_candidates(world, 1, n_val, (0.0,), rng=seed + 1)[0]
+    for rows in (train, val):
+        for r in rows:
+            r.pop("system")  # shorter sequences; the chat template adds its default system line
+    return model, tok, train, val
+
+
+def bench_exact_influence(n_train: int = 64, n_val: int = 32, warm_steps: int = 40) -> tuple[dict, dict]:
+    """Spearman of DataInf / Infl_IP with exact damped block-inverse influence on the tiny random Llama."""
+    from scipy.stats import spearmanr
+
+    from procure.llm.grads import _per_example_loss, encode_examples, mean_grad, per_sample_lora_grads
+    from procure.valuation.influence import _block_parts, datainf, grad_ip
+
+    model, tok, train, val = _tiny_setup(n_train, n_val)
+    names = [k for k, p in model.named_parameters() if p.requires_grad]
+    params = [dict(model.named_parameters())[k] for k in names]
+    enc = encode_examples(tok, train, max_length=256)
+    model.eval()
+    opt = torch.optim.Adam(params, lr=1e-2)  # move the adapter towards a fit, where the Hessian is meaningful
+    for _ in range(warm_steps):
+        opt.zero_grad()
+        _per_example_loss(model, enc).mean().backward()
+        opt.step()
+    g = per_sample_lora_grads(model, tok, train, batch_size=16, progress=False)
+    g = {k: v.double() for k, v in g.items()}
+    v = mean_grad({k: t.double() for k, t in per_sample_lora_grads(model, tok, val, progress=False).items()})
+    t0 = time.perf_counter()
+    ours = datainf(g, v).numpy()
+    t_datainf = time.perf_counter() - t0
+    ip = grad_ip(g, v).numpy()
+
+    # exact Hessian of the mean training loss w.r.t. all LoRA parameters, by batched Hessian-vector products
+    loss = _per_example_loss(model, enc).mean()
+    flat = torch.cat([x.reshape(-1) for x in torch.autograd.grad(loss, params, create_graph=True)])
+    p_total = flat.numel()
+    rows = []
+    t0 = time.perf_counter()
+    for s in range(0, p_total, 64):
+        eye = torch.zeros(min(64, p_total - s), p_total, dtype=flat.dtype)
+        eye[torch.arange(eye.shape[0]), torch.arange(s, s + eye.shape[0])] = 1.0
+        hv = torch.autograd.grad(flat, params, grad_outputs=eye, is_grads_batched=True, retain_graph=True)
+        rows.append(torch.cat([h.reshape(eye.shape[0], -1) for h in hv], dim=1))
+    hess = torch.cat(rows)
+    hess = (hess + hess.T) / 2
+    t_hess = time.perf_counter() - t0
+    offsets = dict(zip(names, np.cumsum([0] + [p.numel() for p in params[:-1]])))
+    train_numel = {k: p.numel() for k, p in zip(names, params)}
+
+    def exact(curvature: str) -> np.ndarray:
+        out = np.zeros(len(train))
+        for key, parts in _block_parts(g, v, "layer").items():
+            gb = torch.cat([x for x, _ in parts], dim=1)  # (n, p_l)
+            vb = torch.cat([y for _, y in parts])
+            lam = 0.1 * float((gb**2).mean())
+            if curvature == "fisher":
+                c = gb.T @ gb / gb.shape[0]
+            else:
+                idx = torch.cat(
+                    [
+                        torch.arange(offsets[k], offsets[k] + train_numel[k])
+                        for k in names
+                        if k.startswith(key + ".lora_")
+                    ]
+                )
+                c = hess[idx][:, idx]
+            x = torch.linalg.solve(c + lam * torch.eye(c.shape[0], dtype=c.dtype), vb)
+            out += (gb @ x).numpy()
+        return out
+
+    fisher, hessian = exact("fisher"), exact("hessian")
+    rho = {
+        "DataInf vs exact damped Fisher": spearmanr(ours, fisher).statistic,
+        "DataInf vs exact damped Hessian": spearmanr(ours, hessian).statistic,
+        "Infl_IP vs exact damped Hessian": spearmanr(ip, hessian).statistic,
+        "exact Fisher vs exact Hessian": spearmanr(fisher, hessian).statistic,
+    }
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+        for ax, ref, name in ((axes[0], fisher, "exact damped Fisher"), (axes[1], hessian, "exact damped Hessian")):
+            ax.scatter(ref, ours, s=12)
+            ax.set_xlabel(f"influence, {name}")
+            ax.set_ylabel("DataInf")
+            ax.set_title(f"Spearman {spearmanr(ours, ref).statistic:.3f}")
+        fig.suptitle(f"tiny Llama, LoRA r=2 q/v, n={len(train)} conjoint rows, {p_total} LoRA params")
+        fig.tight_layout()
+        fig.savefig(RESULTS / "bench_influence_scatter.png", dpi=120)
+        plt.close(fig)
+    except Exception as exc:  # noqa: BLE001 - a plot must never fail the benchmark
+        print(f"(plot skipped: {exc})")
+    info = {"n": len(train), "p": p_total, "t_datainf": t_datainf, "t_hessian": t_hess}
+    return rho, info
+
+
+# ---------------------------------------------------------------------------------- per-sample gradients
+def bench_grads(n: int, batch_size: int) -> dict:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from procure.llm.grads import encode_examples, per_sample_lora_grads
+    from procure.llm.models import resolve_model
+    from procure.tasks.conjoint import ConjointWorld, make_candidates
+
+    d = resolve_model("smollm2-135m")  # the converted cache folder (converted once, ~30 s, if missing)
+    tok = AutoTokenizer.from_pretrained(d)
+    base = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+    torch.manual_seed(0)
+    cfg = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(base, cfg)
+    rows = make_candidates(ConjointWorld(0), 1, n, (0.5,), rng=0)[0]
+    for r in rows:
+        r.pop("system")  # ~64 tokens: default ChatML system line + product + answer
+    enc = encode_examples(tok, rows, max_length=64)
+    mean_tokens = float(enc.attention_mask.sum(1).double().mean())
+    per_sample_lora_grads(model, tok, rows[:batch_size], batch_size=batch_size, max_length=64, progress=False)  # warm
+    ours_s, ours = _timeit(
+        lambda: per_sample_lora_grads(model, tok, rows, batch_size=batch_size, max_length=64, progress=False)
+    )
+    ref_s, ref = _timeit(lambda: per_sample_lora_grads(model, tok, rows, method="loop", max_length=64, progress=False))
+    err = max(float((ours[k] - ref[k]).abs().max() / ref[k].abs().max()) for k in ref)
+    return {
+        "what": f"per-sample LoRA grads, SmolLM2-135M r=8 q/v, n={n}, {mean_tokens:.0f} tokens/ex., batch {batch_size}",
+        "ours": ours_s,
+        "ref": ref_s,
+        "ref_name": "batch-1 backward loop",
+        "check": f"max rel. diff {err:.1e}",
+    }
+
+
+# ----------------------------------------------------------------------------------------------- BM25
+def _zipf_texts(rng: np.random.Generator, n: int, vocab: list[str], lo: int, hi: int) -> list[str]:
+    p = 1.0 / np.arange(1, len(vocab) + 1)
+    p /= p.sum()
+    return [" ".join(rng.choice(vocab, size=int(rng.integers(lo, hi)), p=p)) for _ in range(n)]
+
+
+def bench_bm25(n_docs: int, n_queries: int) -> dict:
+    from rank_bm25 import BM25Okapi
+
+    from procure.valuation.bm25 import bm25_values
+
+    rng = np.random.default_rng(0)
+    vocab = [f"w{i}" for i in range(5000)]
+    docs = _zipf_texts(rng, n_docs, vocab, 20, 60)
+    queries = _zipf_texts(rng, n_queries, vocab, 10, 40)
+
+    def reference() -> np.ndarray:
+        tok = lambda t: re.findall(r"\w+", t.lower())  # noqa: E731
+        bm = BM25Okapi([tok(d) for d in docs], k1=1.5, b=0.75, epsilon=0.25)
+        return np.mean([bm.get_scores(tok(q)) for q in queries], axis=0)
+
+    ours_s, ours = _timeit(lambda: bm25_values(docs, queries), repeat=3)
+    ref_s, ref = _timeit(reference)
+    err = float(np.abs(ours - ref).max() / np.abs(ref).max())
+    return {
+        "what": f"bm25_values, {n_docs:,} candidates x {n_queries} queries (incl. tokenising)",
+        "ours": ours_s,
+        "ref": ref_s,
+        "ref_name": "BM25Okapi + get_scores loop",
+        "check": f"max rel. diff {err:.1e}",
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke run, not the reported numbers)")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    rho, info = bench_exact_influence(32 if args.quick else 64, 16 if args.quick else 32)
+    print(f"\nExact damped block-inverse influence on the tiny Llama (n={info['n']}, {info['p']} LoRA parameters):\n")
+    print("| pair | Spearman |")
+    print("|---|---:|")
+    for k, v in rho.items():
+        print(f"| {k} | {v:.3f} |", flush=True)
+    print("\n| benchmark | ours (s) | reference (s) | reference | speed-up | check |")
+    print("|---|---:|---:|---|---:|---|", flush=True)
+    for job in (
+        lambda: bench_bm25(1000 if args.quick else 10_000, 20 if args.quick else 200),
+        lambda: bench_grads(16 if args.quick else 32, 8),
+        lambda: bench_datainf(200 if args.quick else 2000),
+    ):
+        r = job()
+        print(
+            f"| {r['what']} | {r['ours']:.3f} | {r['ref']:.3f} | {r['ref_name']} | {r['ref'] / r['ours']:.1f}x "
+            f"| {r['check']} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
