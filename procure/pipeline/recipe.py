@@ -97,6 +97,8 @@ TaskSpec = Annotated[ConjointSpec | QASpec | PluginSpec, Field(discriminator="ki
 
 
 class ValuationSpec(_Strict):
+    """How candidates are valued (ADS exact/MC switch, MC permutations, gradient projection)."""
+
     exact_max_candidates: int = Field(6, ge=1, description="ADS is exact up to this many candidates, else MC")
     mc_permutations: int = Field(20, ge=1)
     projection_dim: int | None = Field(None, ge=1, description="random projection of LoRA gradients (influence)")
@@ -126,6 +128,8 @@ class SellerExitSpec(_Strict):
 
 
 class MarketSpec(_Strict):
+    """One buyer per arm; money in utility units (see :class:`UtilityMap`)."""
+
     contract: Literal["fairshare", "royalty"] = "fairshare"
     budget: float | None = Field(None, ge=0.0, description="budget per round in utility units")
     budget_fraction: float | None = Field(
@@ -152,6 +156,8 @@ class MarketSpec(_Strict):
 
 
 class Recipe(_Strict):
+    """A staged procurement run: ``rounds`` rounds for every arm (method x seed) on ``task`` with ``model``."""
+
     name: str = Field(pattern=r"^[\w.-]+$")
     model: str = "smollm2-135m"
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
