@@ -74,6 +74,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--adapters", type=int, default=N_ADAPTERS)
     ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated backend:mode rows")
+    ap.add_argument("--report", help="print the table of a finished run's folder of row JSON files")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--json", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -84,10 +85,13 @@ def main() -> None:
         run_one(backend, mode, args.adapters, Path(args.json))
         return
 
-    import torch
+    from procure.llm.generate import vllm_available
 
-    from procure.llm.generate import auto_choice, vllm_available
-
+    if args.report:
+        found = {r: Path(args.report) / f"{r.replace(':', '_')}.json" for r in ROWS}
+        results = {r: json.loads(f.read_text()) for r, f in found.items() if f.is_file()}
+        report(results, len(next(iter(results.values()))["per_adapter"]))
+        return
     coalition_adapters(args.adapters)  # train once, outside the timed children
     rows = [r for r in args.rows.split(",") if r.startswith("hf") or vllm_available()]
     results = {}
@@ -104,13 +108,22 @@ def main() -> None:
         results[row] = json.loads(f.read_text())
     if not results:
         sys.exit("no row finished")
+    report(results, args.adapters)
+
+
+def report(results: dict[str, dict], n_adapters: int) -> None:
+    """Print the markdown table from the rows' JSON results (``--report DIR`` re-prints a finished run)."""
+    import torch
+
+    from procure.llm.generate import auto_choice
+
     ref = results.get("hf:merged")
     totals = {r: v["start"] + sum(v["per_adapter"]) for r, v in results.items()}
     best = min(totals.values())
     auto = ":".join(auto_choice("cpu"))
     n_prompts = len(prompts()[0])
     print(
-        f"\nEvaluation of {args.adapters} coalition adapters x {n_prompts} conjoint prompts x {MAX_NEW_TOKENS} new "
+        f"\nEvaluation of {n_adapters} coalition adapters x {n_prompts} conjoint prompts x {MAX_NEW_TOKENS} new "
         f"tokens, SmolLM2-135M fp32 greedy, LoRA r=8 (wall seconds; torch threads "
         f"{torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f} at the end)\n"
     )
