@@ -20,7 +20,18 @@ class LLMLearner:
     """Implements ``procure.pipeline.loop.Learner`` on the recipe's model."""
 
     def __init__(self, recipe: Recipe) -> None:
+        import os
+
+        from procure.errors import UserError
         from procure.llm.models import resolve_model
+
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # The loop shards a round's coalitions over processes, each training its own; StageTrainer is
+            # data-parallel under accelerate (DDP all-reduce), which would mix different coalitions' gradients.
+            raise UserError(
+                "accelerate launch: the LLM learner trains one coalition per process but StageTrainer is "
+                "data-parallel under accelerate; run `procure run` as one process (or a process-local plugin learner)"
+            )
 
         self.recipe = recipe
         self.model_path = resolve_model(recipe.model)
