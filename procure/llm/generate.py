@@ -85,9 +85,9 @@ def auto_choice(device: str | None = None) -> tuple[str, str]:
     """(backend, adapter_mode) used for ``"auto"``: the fastest combination measured by eval/bench_llm.py.
 
     CPU (2 shared cores, SmolLM2-135M, 8 adapters x 64 prompts x 8 tokens, README table): vLLM with merged-weight
-    pushes was fastest including its engine start (about 10 s per adapter against 18-85 s for HF ``generate``,
-    whose OpenMP threads suffer most when the cores are shared); vLLM LoRA kernels were ~3.5x slower than
-    merged. GPU: the same (continuous batching and CUDA graphs). Without vLLM installed: HF, merged.
+    pushes was fastest including its engine start (308 s in all, against 786 s for HF merged, whose OpenMP
+    threads suffer most when the cores are shared, and 843 s for vLLM LoRA). GPU: the same choice (continuous
+    batching and CUDA graphs; not measured here). Without vLLM installed: HF, merged.
     """
     del device  # the same choice on CPU and CUDA today; kept so a device can get its own measurement
     if vllm_available():
