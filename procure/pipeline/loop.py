@@ -38,6 +38,7 @@ from procure.errors import UserError
 from procure.pipeline import trading
 from procure.pipeline.ledger import Ledger
 from procure.pipeline.recipe import GRADIENT_METHODS, RETRAIN_METHODS, Recipe
+from procure.tasks.base import Task
 
 Example = dict[str, str]
 
@@ -52,21 +53,6 @@ class Candidate:
 
     def digest(self) -> str:
         return _digest(self.examples)
-
-
-class Task(Protocol):
-    """What ``procure.tasks`` provides: prompts to generate for and a score of the generations."""
-
-    name: str
-    metric_name: str
-    higher_is_better: bool
-    system: str | None
-
-    def eval_prompts(self) -> list[str]: ...
-
-    def score(self, generations: list[list[str]]) -> float: ...
-
-    def utility(self, metric: float) -> float: ...
 
 
 class Scenario(Protocol):
