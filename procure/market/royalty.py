@@ -59,10 +59,9 @@ def solve_royalty_buyer(utils: np.ndarray, rates: np.ndarray, max_rate: float) -
     return RateChoice(tuple(int(k) for k in np.flatnonzero(sub[s])), float(utils[s]), float(f[s]), float(ret[s]))
 
 
-def rate_candidates(utils: np.ndarray, rates: np.ndarray, j: int, prior: list[int], max_rate: float) -> np.ndarray:
-    """Lemma 6 (Eq. 27) breakpoints alpha_j^x, x over bundles of ``prior`` with u(x + e_j) > 0:
-    min(1 - F(x) - R*/u(x + e_j), alpha_bar - F(x)), R* = max(0, the buyer's best retained utility over prior).
-    (Eq. 27 writes f_j for the left term; with other rated items in x the buyer's condition involves F(x).)"""
+def _without_j(utils: np.ndarray, rates: np.ndarray, j: int, prior: list[int], max_rate: float):
+    """Bundles within ``prior`` (mask over all 2^n), their summed rates F(x) with alpha_j set to 0, and R* =
+    max(0, the buyer's best retained utility (1 - F(x)) u(x) over acceptable bundles of prior)."""
     n = rates.size
     sub = subset_matrix(n)
     in_prior = np.zeros(n, dtype=bool)
@@ -74,6 +73,14 @@ def rate_candidates(utils: np.ndarray, rates: np.ndarray, j: int, prior: list[in
     ret = (1.0 - f) * utils
     ok = only_prior & (f <= max_rate + 1e-12) & ((ret >= -1e-12) | ~sub.any(axis=1))
     r_star = max(float(ret[ok].max()), 0.0) if ok.any() else 0.0
+    return only_prior, f, r_star
+
+
+def rate_candidates(utils: np.ndarray, rates: np.ndarray, j: int, prior: list[int], max_rate: float) -> np.ndarray:
+    """Lemma 6 (Eq. 27) breakpoints alpha_j^x, x over bundles of ``prior`` with u(x + e_j) > 0:
+    min(1 - F(x) - R*/u(x + e_j), alpha_bar - F(x)), R* = max(0, the buyer's best retained utility over prior).
+    (Eq. 27 writes f_j for the left term; with other rated items in x the buyer's condition involves F(x).)"""
+    only_prior, f, r_star = _without_j(utils, rates, j, prior, max_rate)
     # bundles x + e_j with x within prior
     xs = np.flatnonzero(only_prior)
     xj = xs | (1 << j)
@@ -92,16 +99,7 @@ def envelope_breakpoints(utils: np.ndarray, rates: np.ndarray, j: int, prior: li
     increasing on each envelope segment, so its maximum is at a segment's right end: where the line meets R*
     or its rate cap (Lemma 6's two terms) or where a flatter line (a bundle of smaller utility) overtakes it.
     Lemma 6 omits that last kind; they matter when several bundles holding D_j compete."""
-    n = rates.size
-    sub = subset_matrix(n)
-    in_prior = np.zeros(n, dtype=bool)
-    in_prior[prior] = True
-    only_prior = ~(sub[:, ~in_prior]).any(axis=1)
-    r0 = rates.copy()
-    r0[j] = 0.0
-    f = sub @ r0
-    ok0 = only_prior & (f <= max_rate + 1e-12) & (((1.0 - f) * utils >= -1e-12) | ~sub.any(axis=1))
-    thr = max(float(((1.0 - f) * utils)[ok0].max()), 0.0) if ok0.any() else 0.0
+    only_prior, f, thr = _without_j(utils, rates, j, prior, max_rate)
     xs = np.flatnonzero(only_prior)
     slope = utils[xs | (1 << j)]
     inter = (1.0 - f[xs]) * slope
