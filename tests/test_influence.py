@@ -12,6 +12,7 @@ from procure.errors import UserError
 from procure.valuation.influence import (
     constant_values,
     datainf,
+    datainf_loop,
     grad_ip,
     lora_blocks,
     per_dataset,
@@ -32,32 +33,6 @@ def _random_lora_grads(n: int, layers: list[tuple[int, int]], r: int, seed: int)
     return train, val
 
 
-def _naive_datainf(train, val, lambda_scale=0.1, blocks="layer"):
-    """The DESIGN.md formula literally: loops over blocks and samples, one vector at a time."""
-    n = next(iter(train.values())).shape[0]
-    if blocks == "layer":  # lora_A and lora_B^T of one layer form one block
-        layers = sorted({k.split(".lora_")[0] for k in train})
-        pairs = [(f"{x}.lora_A.default.weight", f"{x}.lora_B.default.weight") for x in layers]
-        per_block = [
-            (
-                [torch.cat([train[a][i].reshape(-1), train[b][i].T.reshape(-1)]) for i in range(n)],
-                torch.cat([val[a].reshape(-1), val[b].T.reshape(-1)]),
-            )
-            for a, b in pairs
-        ]
-    else:
-        per_block = [([train[k][i].reshape(-1) for i in range(n)], val[k].reshape(-1)) for k in train]
-    scores = [0.0] * n
-    for gs, v in per_block:
-        lam = lambda_scale * sum(float((g**2).mean()) for g in gs) / n
-        hinv_v = torch.zeros_like(v)
-        for g in gs:
-            hinv_v += (v - (float(v @ g) / (lam + float(g @ g))) * g) / (n * lam)
-        for i, g in enumerate(gs):
-            scores[i] += float(hinv_v @ g)
-    return torch.tensor(scores, dtype=torch.float64)
-
-
 @settings(max_examples=15, deadline=None)
 @given(
     n=st.integers(1, 12),
@@ -68,7 +43,7 @@ def _naive_datainf(train, val, lambda_scale=0.1, blocks="layer"):
 def test_datainf_equals_naive_loop(n, r, layers, seed):
     train, val = _random_lora_grads(n, layers, r, seed)
     ours = datainf(train, val)
-    ref = _naive_datainf(train, val)
+    ref = datainf_loop(train, val)
     assert ours.shape == (n,) and ours.dtype == torch.float64
     torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-9)
 
@@ -78,7 +53,7 @@ def test_datainf_float32_input_and_param_blocks():
     t32 = {k: v.float() for k, v in train.items()}
     v32 = {k: v.float() for k, v in val.items()}
     torch.testing.assert_close(datainf(t32, v32), datainf(train, val), rtol=1e-5, atol=1e-6)
-    ref = _naive_datainf(train, val, blocks="param")  # each parameter its own block (Kwon et al.'s code)
+    ref = datainf_loop(train, val, blocks="param")  # each parameter its own block (Kwon et al.'s code)
     torch.testing.assert_close(datainf(train, val, blocks="param"), ref, rtol=1e-9, atol=1e-9)
     assert not torch.allclose(datainf(train, val, blocks="param"), datainf(train, val))
 

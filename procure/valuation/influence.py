@@ -153,3 +153,35 @@ def per_dataset(values: Sequence[float] | np.ndarray | torch.Tensor, groups: Seq
     """Dataset (seller) values = sums of their samples' values; ``groups[j]`` lists the sample ids of dataset j."""
     v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, dtype=np.float64)
     return np.array([float(v[list(g)].sum()) if len(g) else 0.0 for g in groups], dtype=np.float64)
+
+
+def datainf_loop(
+    train: Mapping[str, torch.Tensor],
+    val: Mapping[str, torch.Tensor],
+    lambda_scale: float = 0.1,
+    blocks: str = "layer",
+) -> torch.Tensor:
+    """Reference for :func:`datainf`: the DESIGN.md formula literally, looping over blocks and samples one vector
+    at a time (used by the tests and eval/bench_influence.py; far too slow for real use)."""
+    n = next(iter(train.values())).shape[0]
+    if blocks == "layer":  # lora_A and lora_B^T of one layer form one block
+        layers = sorted({k.split(".lora_")[0] for k in train})
+        pairs = [(f"{x}.lora_A.default.weight", f"{x}.lora_B.default.weight") for x in layers]
+        per_block = [
+            (
+                [torch.cat([train[a][i].reshape(-1), train[b][i].T.reshape(-1)]) for i in range(n)],
+                torch.cat([val[a].reshape(-1), val[b].T.reshape(-1)]),
+            )
+            for a, b in pairs
+        ]
+    else:
+        per_block = [([train[k][i].reshape(-1) for i in range(n)], val[k].reshape(-1)) for k in train]
+    scores = [0.0] * n
+    for gs, v in per_block:
+        lam = lambda_scale * sum(float((g**2).mean()) for g in gs) / n
+        hinv_v = torch.zeros_like(v)
+        for g in gs:
+            hinv_v += (v - (float(v @ g) / (lam + float(g @ g))) * g) / (n * lam)
+        for i, g in enumerate(gs):
+            scores[i] += float(hinv_v @ g)
+    return torch.tensor(scores, dtype=torch.float64)
