@@ -47,14 +47,10 @@ def encode_examples(tokenizer: Any, examples: Sequence[Mapping[str, Any]], max_l
 
 
 def _per_example_loss(model: nn.Module, enc: Encoded) -> torch.Tensor:
-    """(b,) mean cross-entropy over each row's answer tokens (next-token shift)."""
-    logits = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, use_cache=False).logits
-    logits = logits[:, :-1]
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    target = enc.labels[:, 1:]
-    tok = nn.functional.cross_entropy(logits.transpose(1, 2), target.clamp_min(0), reduction="none")
-    keep = (target != -100).to(tok.dtype)
-    return (tok * keep).sum(1) / keep.sum(1)
+    """(b,) mean cross-entropy over each row's answer tokens (next-token shift; logits only where labelled)."""
+    from procure.llm.loss import per_example_loss
+
+    return per_example_loss(model, enc.input_ids, enc.attention_mask, enc.labels)
 
 
 def _batches(n: int, batch_size: int) -> Iterator[slice]:

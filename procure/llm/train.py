@@ -7,7 +7,9 @@ positions carry label -100 (:mod:`procure.llm.formatting`). Every stage starts a
 default) from the previous stage's LoRA weights: a stage is a fine-tune of A_{t-1}, not a resumed run.
 
 Runs unchanged on CPU, one GPU, or several GPUs with ``accelerate launch`` (data parallel: the data loader is
-sharded by accelerate, gradients are all-reduced by DDP, the main process saves).
+sharded by accelerate, gradients are all-reduced by DDP, the main process saves). ``local=True`` instead trains
+on this process's device alone, with no collective call, and saves from this process: what the pipeline uses to
+train different coalitions on different GPUs at once.
 """
 
 from __future__ import annotations
@@ -101,7 +103,13 @@ class StageTrainer:
     """
 
     def __init__(
-        self, model_path: str, cfg: TrainConfig | None = None, *, device: str | None = None, quantize_4bit: bool = False
+        self,
+        model_path: str,
+        cfg: TrainConfig | None = None,
+        *,
+        device: str | None = None,
+        quantize_4bit: bool = False,
+        local: bool = False,
     ):
         import torch
         from accelerate import Accelerator
@@ -109,7 +117,9 @@ class StageTrainer:
         from procure.llm.models import load_model, load_tokenizer, resolve_model
 
         self.cfg = cfg or TrainConfig()
-        self.accelerator = Accelerator(cpu=device == "cpu")
+        self.local = local  # process-local: no DDP wrapping, no data sharding, no all-reduce, this process saves
+        # no GPU: cpu=True, which under `accelerate launch --multi_gpu` / torchrun means gloo process groups
+        self.accelerator = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
         self.model_path = resolve_model(model_path)
         self.tokenizer = load_tokenizer(self.model_path)
         self.quantize_4bit = quantize_4bit = quantize_4bit or self.cfg.quantize_4bit
@@ -177,6 +187,8 @@ class StageTrainer:
         from torch.utils.data import DataLoader
         from tqdm.auto import tqdm
 
+        from procure.llm.loss import batch_loss
+
         if len(examples) == 0:
             raise UserError("training: no examples to train on (the stage's dataset is empty)")
         cfg, acc = self.cfg, self.accelerator
@@ -190,7 +202,8 @@ class StageTrainer:
             )
             params = [p for p in model.parameters() if p.requires_grad]
             opt = self._optimizer(params)
-            model, opt, dl = acc.prepare(model, opt, dl)
+            if not self.local:
+                model, opt, dl = acc.prepare(model, opt, dl)
             per_epoch = len(dl)
             total = max(1, math.ceil(cfg.epochs * per_epoch))
             losses: list[float] = []
@@ -198,34 +211,46 @@ class StageTrainer:
             steps = 0
             model.train()
             torch.manual_seed(cfg.seed)  # dropout
-            bar = tqdm(total=total, desc="lora stage", disable=not (progress and acc.is_main_process), leave=False)
+            shown = progress and (self.local or acc.is_main_process)
+            bar = tqdm(total=total, desc="lora stage", disable=not shown, leave=False)
             done = 0
             while done < total:
                 for batch in dl:
                     if done >= total:
                         break
+                    if self.local:  # not a prepared loader: move the batch to this process's device
+                        batch = {k: v.to(acc.device) for k, v in batch.items()}
                     boundary = (done + 1) % cfg.grad_accum == 0 or done + 1 == total
-                    sync = contextlib.nullcontext() if boundary else acc.no_sync(model)
+                    sync = contextlib.nullcontext() if boundary or self.local else acc.no_sync(model)
                     autocast = torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
                     with sync, autocast:
-                        loss = model(**batch).loss
-                        acc.backward(loss / cfg.grad_accum)
+                        loss = batch_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+                        if self.local:
+                            (loss / cfg.grad_accum).backward()
+                        else:
+                            acc.backward(loss / cfg.grad_accum)
                     if boundary:
-                        if cfg.max_grad_norm is not None:
+                        if cfg.max_grad_norm is not None and self.local:
+                            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                        elif cfg.max_grad_norm is not None:
                             acc.clip_grad_norm_(params, cfg.max_grad_norm)
                         opt.step()
                         opt.zero_grad(set_to_none=True)
                         steps += 1
-                    n_tokens += batch["attention_mask"].sum()
+                    n_tokens += batch["attention_mask"].sum().to(n_tokens.device)
                     losses.append(float(loss.detach()))
                     done += 1
                     bar.update(1)
                     bar.set_postfix(loss=f"{losses[-1]:.3f}")
             bar.close()
             model.eval()
-            n_tok = int(acc.reduce(n_tokens, reduction="sum"))
             tail = losses[-min(per_epoch, len(losses)) :]
-            final = float(acc.reduce(torch.tensor(sum(tail) / len(tail), device=acc.device), reduction="mean"))
+            final_t = torch.tensor(sum(tail) / len(tail), device=acc.device)
+            if self.local:
+                n_tok, final = int(n_tokens), float(final_t)
+            else:
+                n_tok = int(acc.reduce(n_tokens, reduction="sum"))
+                final = float(acc.reduce(final_t, reduction="mean"))
             peft_model = acc.unwrap_model(model)
             seconds = time.perf_counter() - t0
             meta = {
@@ -244,9 +269,12 @@ class StageTrainer:
                 (tmp / "procure_stage.json").write_text(json.dumps(meta, indent=1))
 
             out_dir = Path(out_dir)
-            if acc.is_main_process:
+            if self.local:
                 atomic_save(save, out_dir)
-            acc.wait_for_everyone()
+            else:
+                if acc.is_main_process:
+                    atomic_save(save, out_dir)
+                acc.wait_for_everyone()
         finally:
             self._unwrap(model)
             acc.free_memory()

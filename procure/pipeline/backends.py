@@ -22,17 +22,11 @@ class LLMLearner:
     def __init__(self, recipe: Recipe) -> None:
         import os
 
-        from procure.errors import UserError
         from procure.llm.models import resolve_model
 
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            # The loop shards a round's coalitions over processes, each training its own; StageTrainer is
-            # data-parallel under accelerate (DDP all-reduce), which would mix different coalitions' gradients.
-            raise UserError(
-                "accelerate launch: the LLM learner trains one coalition per process but StageTrainer is "
-                "data-parallel under accelerate; run `procure run` as one process (or a process-local plugin learner)"
-            )
-
+        # Under `accelerate launch` the loop gives each process its own coalitions (and the main process the
+        # warm-up and purchase stages), so every stage is process-local: no DDP, this process saves.
+        self.local = int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.recipe = recipe
         self.model_path = resolve_model(recipe.model)
         self.cfg = train_config(recipe)
@@ -44,7 +38,8 @@ class LLMLearner:
         if self._stage is None:
             from procure.llm.train import StageTrainer
 
-            self._stage = StageTrainer(self.model_path, self.cfg)  # the base model stays loaded for all stages
+            # the base model stays loaded for all stages
+            self._stage = StageTrainer(self.model_path, self.cfg, local=self.local)
         return self._stage
 
     def train(
@@ -69,6 +64,8 @@ class LLMLearner:
 
             g = self.recipe.generation
             kw: dict[str, Any] = {"backend": g.backend, "adapter_mode": g.adapter_mode, "lora_rank": self.cfg.lora_r}
+            if self.local:
+                kw.update(_process_gpu())
             self._gen = make_generator(self.model_path, **kw)
         return self._gen
 
@@ -128,3 +125,20 @@ class LLMLearner:
         if self._gen is not None and hasattr(self._gen, "close"):
             self._gen.close()
         self._gen = None
+
+
+def _process_gpu() -> dict[str, Any]:
+    """Under ``accelerate launch`` on GPUs: evaluate on this process's GPU (LOCAL_RANK). The HF backend gets the
+    device; a vLLM engine process inherits CUDA_VISIBLE_DEVICES, narrowed here to that one GPU. (Checked on CPU
+    processes only: no multi-GPU machine was available to this project so far.)"""
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    rank = int(os.environ.get("LOCAL_RANK", "0"))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+    os.environ["CUDA_VISIBLE_DEVICES"] = ids[rank % len(ids)]
+    return {"device": f"cuda:{rank}"}

@@ -112,9 +112,10 @@ class World:
     def detect(cls) -> World:
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return cls()
+        import torch
         from accelerate import PartialState
 
-        st = PartialState()
+        st = PartialState(cpu=not torch.cuda.is_available())  # gloo on a CPU-only machine
         return cls(st.process_index, st.num_processes, st.wait_for_everyone)
 
 
