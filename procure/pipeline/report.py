@@ -23,14 +23,14 @@ def _frame(ledger: Ledger, table: str) -> pd.DataFrame:
 
 
 def md_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
-    """A GitHub markdown table (pandas' to_markdown needs tabulate, which we do not depend on)."""
+    """A GitHub markdown table (pandas' to_markdown needs tabulate, which we do not depend on); NaN shows as -."""
     if df.empty:
         return "_(none)_\n"
     cols = [str(c) for c in df.columns]
 
     def fmt(x: object) -> str:
         if isinstance(x, float | np.floating):
-            return "nan" if np.isnan(x) else format(float(x), floatfmt)
+            return "-" if np.isnan(x) else format(float(x), floatfmt)  # e.g. the sd of a single seed
         return str(x)
 
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
