@@ -139,21 +139,3 @@ def test_user_errors(tiny):
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir())
     with pytest.raises(UserError, match="LoRA"):
         per_sample_lora_grads(base, tok, EXAMPLES, progress=False)
-
-
-def test_bf16_autocast_grads_are_close_and_rank_like_float32(tiny):
-    from scipy.stats import spearmanr
-
-    from procure.valuation.influence import datainf
-
-    model, tok = tiny
-    rows = EXAMPLES * 2
-    exact = per_sample_lora_grads(model, tok, rows, batch_size=4, progress=False)
-    fast = per_sample_lora_grads(model, tok, rows, batch_size=4, progress=False, bf16=True)
-    assert all(fast[k].dtype == torch.float32 for k in fast)
-    for k in exact:
-        rel = (fast[k] - exact[k]).norm() / exact[k].norm()
-        assert 0 < rel < 0.05  # bf16 changes the numbers, but only a little
-    v = mean_grad(exact)
-    rho = spearmanr(datainf(exact, v).numpy(), datainf(fast, v).numpy())[0]
-    assert rho > 0.9

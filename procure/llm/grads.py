@@ -150,7 +150,6 @@ def per_sample_lora_grads(
     seed: int = 0,
     progress: bool = True,
     method: Literal["hooks", "loop"] = "hooks",
-    bf16: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Gradients of each example's loss w.r.t. the LoRA parameters: {parameter name: (n, *shape)}.
 
@@ -160,8 +159,6 @@ def per_sample_lora_grads(
     TRAK/LESS: returns {layer name: (n, k)} with g_il P_l; inner products are preserved in expectation. The
     sketches cost 4 * p_l * k bytes per block while the call runs. ``method="loop"``: one backward per example.
     Gradients are float32 (float64 for a float64 model; bf16/fp16 models are accumulated in float32).
-    ``bf16=True``: forward and backward under bfloat16 autocast (as the stage trainer's ``bf16``), about 1e-2
-    relative error for a faster pass; the per-example outer products are still accumulated in float32.
     """
     params = lora_parameters(model)
     n = len(examples)
@@ -180,8 +177,7 @@ def per_sample_lora_grads(
                 enc = encode_examples(tokenizer, examples[sl], max_length)
                 dev = next(iter(params.values())).device
                 enc = Encoded(enc.input_ids.to(dev), enc.attention_mask.to(dev), enc.labels.to(dev))
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-                    loss = _per_example_loss(model, enc).sum()
+                loss = _per_example_loss(model, enc).sum()
                 if hooks is not None:
                     hooks.grads.clear()
                     torch.autograd.grad(loss, list(params.values()))

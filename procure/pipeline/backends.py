@@ -112,7 +112,6 @@ class LLMLearner:
         v = self.recipe.valuation
         kw = {
             "batch_size": v.grad_batch_size,
-            "bf16": v.grad_bf16,
             "max_length": cfg.max_length,
             "projection_dim": v.projection_dim,
             "seed": seed,

@@ -103,7 +103,6 @@ class ValuationSpec(_Strict):
     mc_permutations: int = Field(20, ge=1)
     projection_dim: int | None = Field(None, ge=1, description="random projection of LoRA gradients (influence)")
     grad_batch_size: int = Field(8, ge=1)
-    grad_bf16: bool = Field(False, description="per-sample gradients under bfloat16 autocast (faster, ~1e-2 rel.)")
 
 
 class UtilityMap(_Strict):
