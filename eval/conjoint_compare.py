@@ -46,9 +46,13 @@ def summary(run_dir: Path) -> str:
             row[meth] = f"{mu:.2f}{sd_txt} [{lo:.2f}, {hi:.2f}]"
         rows.append(row)
     out += ["AvgErr mean ± sd [min, max] over seeds:\n", md_table(pd.DataFrame(rows)), ""]
+    per_seed = m.pivot_table(index=["seed", "round"], columns="method", values="metric").reset_index()
+    out += ["Per seed (test AvgErr):\n", md_table(per_seed, ".3f"), ""]
     p, c = f["purchases"], f["candidates"]
     p = p[p["seed"].isin(seeds)].merge(c[["arm", "round", "seller", "noise"]], on=["arm", "round", "seller"])
     picks = p.pivot_table(index="method", columns="noise", values="round", aggfunc="size", fill_value=0)
+    noise_levels = sorted(c["noise"].dropna().unique())
+    picks = picks.reindex(columns=noise_levels, fill_value=0)  # a column for every seller, bought or not
     picks.columns = [f"bought {int(round(100 * x))}% noise" for x in picks.columns]
     out += ["Purchases by the seller's noise share (counts over rounds x seeds):\n"]
     out += [md_table(picks.reset_index()), ""]
@@ -61,7 +65,7 @@ def summary(run_dir: Path) -> str:
     t = wide.groupby("method")[["total", "train", "eval", "overhead"]].mean()
     allr = wide[["total", "train", "eval", "overhead"]].sum()
     t.loc["all rounds (sum)"] = allr
-    t["overhead %"] = 100 * t["overhead"] / t["total"]
+    t["overhead %"] = 100 * t["overhead"] / t["total"].where(t["total"] > 0)
     out += [
         "Wall time per round in seconds (mean over rounds and seeds; shared coalition states are paid by the "
         "first arm that needs them, so LOO and random look cheaper than alone):\n"
