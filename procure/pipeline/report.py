@@ -103,6 +103,7 @@ def write_report(run_dir: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     run_dir = Path(run_dir)
     s = summarize(run_dir)
@@ -122,9 +123,12 @@ def write_report(run_dir: str | Path) -> Path:
 
     if "metric_by_round" in s:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for method, g in s["metric_by_round"].groupby("method"):
-            ax.plot(g["round"], g["mean"], marker="o", label=method)
+        styles = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-")]
+        for k, (method, g) in enumerate(s["metric_by_round"].groupby("method")):
+            mk, ls = styles[k % len(styles)]  # arms often coincide (same purchase): keep each line visible
+            ax.plot(g["round"], g["mean"], marker=mk, linestyle=ls, label=method, markerfacecolor="none")
             ax.fill_between(g["round"], g["min"], g["max"], alpha=0.15)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("round (0 = initial state)")
         ax.set_ylabel(f"test {metric_name}")
         ax.legend()
