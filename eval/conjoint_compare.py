@@ -6,7 +6,7 @@ method bought each seller (30/60/90 % noise), and the wall time per round split 
 evaluation / overhead. Only seeds whose arms all finished are summarised (the run can be resumed later).
 
     nohup .venv/bin/python eval/conjoint_compare.py --seeds 0 1 2 --out runs/conjoint-compare > log 2>&1 &
-    .venv/bin/python eval/conjoint_compare.py --out runs/conjoint-compare --summary-only
+    .venv/bin/python eval/conjoint_compare.py --out runs/conjoint-compare --summary-only [--also runs/demo]
 """
 
 from __future__ import annotations
@@ -21,13 +21,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def summary(run_dir: Path) -> str:
+def summary(run_dirs: list[Path]) -> str:
+    """The README tables over every finished seed of one or more run directories (same recipe, other seeds;
+    e.g. the `make demo` run of seed 0 plus a run of seeds 1 and 2)."""
     import pandas as pd
 
     from procure.pipeline.report import md_table, summarize
 
-    s = summarize(run_dir)
-    f = s["_frames"]
+    parts = [summarize(d)["_frames"] for d in run_dirs]
+    names = ("metrics", "timings", "purchases", "candidates")
+    f = {k: pd.concat([p[k] for p in parts], ignore_index=True) for k in names}
     m, tm = f["metrics"], f["timings"]
     rounds = int(m["round"].max())
     complete = m[m["round"] == rounds].groupby("seed")["method"].nunique()
@@ -81,6 +84,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "runs" / "conjoint-compare"))
     ap.add_argument("--summary-only", action="store_true")
+    ap.add_argument("--also", nargs="*", default=[], help="more run directories of the same recipe (other seeds)")
     args = ap.parse_args()
     out = Path(args.out)
     if not args.summary_only:
@@ -96,7 +100,7 @@ def main() -> None:
             data["rounds"] = args.rounds
         recipe = parse_recipe(data, args.recipe)
         run_recipe(recipe, out, resume=(out / "ledger.sqlite").exists())
-    text = summary(out)
+    text = summary([out, *map(Path, args.also)])
     (out / "summary.md").write_text(text)
     print(text)
 
