@@ -77,6 +77,34 @@ def summary(run_dirs: list[Path]) -> str:
     return "\n".join(out)
 
 
+def plot(run_dirs: list[Path], path: Path) -> None:
+    """Test AvgErr per round per method over all seeds of the run directories: mean line, min-max band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from matplotlib.ticker import MaxNLocator
+
+    from procure.pipeline.report import summarize
+
+    m = pd.concat([summarize(d)["_frames"]["metrics"] for d in run_dirs], ignore_index=True)
+    seeds = ", ".join(str(int(x)) for x in sorted(m["seed"].unique()))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (method, g), (mk, ls) in zip(m.groupby("method"), [("o", "-"), ("s", "--"), ("^", ":")] * 3):
+        a = g.groupby("round")["metric"].agg(["mean", "min", "max"])
+        ax.plot(a.index, a["mean"], marker=mk, linestyle=ls, label=method, markerfacecolor="none")
+        ax.fill_between(a.index, a["min"], a["max"], alpha=0.12)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("round (0 = after the warm-up stage)")
+    ax.set_ylabel("test AvgErr (lower is better)")
+    ax.set_title(f"conjoint, seeds {seeds}: mean and min-max band", fontsize=10)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--recipe", default=str(ROOT / "recipes" / "conjoint-ads.yaml"))
@@ -101,6 +129,7 @@ def main() -> None:
         recipe = parse_recipe(data, args.recipe)
         run_recipe(recipe, out, resume=(out / "ledger.sqlite").exists())
     text = summary([out, *map(Path, args.also)])
+    plot([out, *map(Path, args.also)], out / "metric_per_round.png")
     (out / "summary.md").write_text(text)
     print(text)
 
