@@ -185,7 +185,7 @@ def bench_grads(n: int, batch_size: int, repeat: int = 3) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from procure.llm.grads import encode_examples, per_sample_lora_grads
+    from procure.llm.grads import encode_examples, per_sample_lora_grads, reference_grads
     from procure.llm.models import resolve_model
     from procure.tasks.conjoint import ConjointWorld, make_candidates
 
@@ -205,7 +205,7 @@ def bench_grads(n: int, batch_size: int, repeat: int = 3) -> dict:
         lambda: per_sample_lora_grads(model, tok, rows, batch_size=batch_size, max_length=64, progress=False),
         repeat=repeat,
     )
-    ref_s, ref = _timeit(lambda: naive_grads(model, tok, rows, max_length=64), repeat=repeat)
+    ref_s, ref = _timeit(lambda: reference_grads(model, tok, rows, max_length=64), repeat=repeat)
     loop_s, _ = _timeit(lambda: per_sample_lora_grads(model, tok, rows, method="loop", max_length=64, progress=False))
     err = max(float((ours[k] - ref[k]).abs().max() / ref[k].abs().max()) for k in ref)
     return {
@@ -216,21 +216,6 @@ def bench_grads(n: int, batch_size: int, repeat: int = 3) -> dict:
         "ref_name": "batch-1 backward loop (HF loss)",
         "check": f"max rel. diff {err:.1e}; our batch-1 loop (answer-window logits) {loop_s:.2f} s",
     }
-
-
-def naive_grads(model, tok, rows, max_length: int) -> dict[str, torch.Tensor]:
-    """The reference: one backward per example on transformers' own loss (full logits), as a user would write."""
-    from procure.llm.grads import encode_examples
-
-    params = {k: p for k, p in model.named_parameters() if p.requires_grad}
-    model.eval()
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in params}
-    for r in rows:
-        enc = encode_examples(tok, [r], max_length=max_length)
-        loss = model(input_ids=enc.input_ids, labels=enc.labels).loss
-        for k, g in zip(params, torch.autograd.grad(loss, list(params.values()))):
-            out[k].append(g)
-    return {k: torch.stack(v) for k, v in out.items()}
 
 
 # ----------------------------------------------------------------------------------------------- BM25

@@ -21,16 +21,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def summary(run_dirs: list[Path]) -> str:
-    """The README tables over every finished seed of one or more run directories (same recipe, other seeds;
-    e.g. the `make demo` run of seed 0 plus a run of seeds 1 and 2)."""
+def frames(run_dirs: list[Path]) -> dict:
+    """The ledgers' metrics / timings / purchases / candidates frames of several run directories, concatenated."""
     import pandas as pd
 
-    from procure.pipeline.report import md_table, summarize
+    from procure.pipeline.report import summarize
 
     parts = [summarize(d)["_frames"] for d in run_dirs]
-    names = ("metrics", "timings", "purchases", "candidates")
-    f = {k: pd.concat([p[k] for p in parts], ignore_index=True) for k in names}
+    return {k: pd.concat([p[k] for p in parts], ignore_index=True) for k in parts[0]}
+
+
+def summary(f: dict) -> str:
+    """The README tables over every finished seed of ``frames(...)`` (one or more run directories of the same
+    recipe, other seeds; e.g. the `make demo` run of seed 0 plus a run of seeds 1 and 2)."""
+    import pandas as pd
+
+    from procure.pipeline.report import md_table
+
     m, tm = f["metrics"], f["timings"]
     rounds = int(m["round"].max())
     complete = m[m["round"] == rounds].groupby("seed")["method"].nunique()
@@ -77,32 +84,15 @@ def summary(run_dirs: list[Path]) -> str:
     return "\n".join(out)
 
 
-def plot(run_dirs: list[Path], path: Path) -> None:
-    """Test AvgErr per round per method over all seeds of the run directories: mean line, min-max band."""
-    import matplotlib
+def plot(f: dict, path: Path) -> None:
+    """Test AvgErr per round per method over all seeds: mean line, min-max band (the report's plot)."""
+    from procure.pipeline.report import plot_metric_per_round
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    from matplotlib.ticker import MaxNLocator
-
-    from procure.pipeline.report import summarize
-
-    m = pd.concat([summarize(d)["_frames"]["metrics"] for d in run_dirs], ignore_index=True)
+    m = f["metrics"]
+    by_round = m.groupby(["method", "round"])["metric"].agg(["mean", "min", "max"]).reset_index()
     seeds = ", ".join(str(int(x)) for x in sorted(m["seed"].unique()))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for (method, g), (mk, ls) in zip(m.groupby("method"), [("o", "-"), ("s", "--"), ("^", ":")] * 3):
-        a = g.groupby("round")["metric"].agg(["mean", "min", "max"])
-        ax.plot(a.index, a["mean"], marker=mk, linestyle=ls, label=method, markerfacecolor="none")
-        ax.fill_between(a.index, a["min"], a["max"], alpha=0.12)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("round (0 = after the warm-up stage)")
-    ax.set_ylabel("test AvgErr (lower is better)")
-    ax.set_title(f"conjoint, seeds {seeds}: mean and min-max band", fontsize=10)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    title = f"conjoint, seeds {seeds}: mean and min-max band"
+    plot_metric_per_round(by_round, path, ylabel="test AvgErr (lower is better)", title=title)
 
 
 def main() -> None:
@@ -128,8 +118,9 @@ def main() -> None:
             data["rounds"] = args.rounds
         recipe = parse_recipe(data, args.recipe)
         run_recipe(recipe, out, resume=(out / "ledger.sqlite").exists())
-    text = summary([out, *map(Path, args.also)])
-    plot([out, *map(Path, args.also)], out / "metric_per_round.png")
+    f = frames([out, *map(Path, args.also)])
+    text = summary(f)
+    plot(f, out / "metric_per_round.png")
     (out / "summary.md").write_text(text)
     print(text)
 

@@ -15,6 +15,7 @@ from procure.llm.grads import (
     mean_grad,
     one_step_oracle,
     per_sample_lora_grads,
+    reference_grads,
 )
 from procure.llm.tiny import tiny_model_dir
 from procure.valuation.influence import grad_ip, lora_blocks
@@ -38,25 +39,12 @@ def tiny():
     return get_peft_model(base, cfg), tok
 
 
-def _batch1_reference(model, tok, examples):
-    """One backward per example with transformers' own shifted, -100-masked loss (independent of our loss code)."""
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    model.eval()
-    out = {n: [] for n in params}
-    for ex in examples:
-        enc = encode_examples(tok, [ex], max_length=256)
-        loss = model(input_ids=enc.input_ids, labels=enc.labels).loss
-        for n, g in zip(params, torch.autograd.grad(loss, list(params.values()))):
-            out[n].append(g)
-    return {n: torch.stack(v) for n, v in out.items()}
-
-
 def test_per_sample_grads_equal_batch1_backward(tiny):
     model, tok = tiny
     model.train()  # must be switched to eval (dropout off) inside and restored after
     got = per_sample_lora_grads(model, tok, EXAMPLES, batch_size=3, progress=False)
     assert model.training
-    ref = _batch1_reference(model, tok, EXAMPLES)
+    ref = reference_grads(model, tok, EXAMPLES)
     assert set(got) == set(ref) and all("lora_" in k for k in got)
     for k in ref:
         assert got[k].shape == (len(EXAMPLES), *ref[k].shape[1:])
@@ -97,7 +85,7 @@ def test_projection_is_the_seeded_sketch_of_each_layer_block(tiny):
 
 def test_one_step_oracle_matches_its_definition_and_infl_ip(tiny):
     model, tok = tiny
-    model = model.double()
+    model = model.double().eval()  # the hand-made step below calls the model directly: dropout off, as in the oracle
     try:
         train, val = EXAMPLES[:4], EXAMPLES[3:]
         before = {k: p.detach().clone() for k, p in model.named_parameters()}

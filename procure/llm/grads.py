@@ -172,10 +172,10 @@ def per_sample_lora_grads(
     bar = tqdm(total=n, desc="per-sample grads", unit="ex", disable=not progress)
     hooks = _HookGrads(model, params) if method == "hooks" else None
     try:
+        dev = next(iter(params.values())).device
         with _eval_mode(model):
             for sl in _batches(n, step):
                 enc = encode_examples(tokenizer, examples[sl], max_length)
-                dev = next(iter(params.values())).device
                 enc = Encoded(enc.input_ids.to(dev), enc.attention_mask.to(dev), enc.labels.to(dev))
                 loss = _per_example_loss(model, enc).sum()
                 if hooks is not None:
@@ -198,6 +198,23 @@ def per_sample_lora_grads(
         if hooks is not None:
             hooks.close()
     return {k: torch.cat(v) for k, v in chunks.items()}
+
+
+def reference_grads(
+    model: nn.Module, tokenizer: Any, examples: Sequence[Mapping[str, Any]], *, max_length: int = 256
+) -> dict[str, torch.Tensor]:
+    """The plain reference for :func:`per_sample_lora_grads`: one backward per example on transformers' own
+    shifted, -100-masked ``model(labels=...).loss`` (full logits), independent of our loss code. Eval mode;
+    {trainable parameter name: (n, *shape)}. For tests and benchmarks."""
+    params = {k: p for k, p in model.named_parameters() if p.requires_grad}
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in params}
+    with _eval_mode(model):
+        for ex in examples:
+            enc = encode_examples(tokenizer, [ex], max_length)
+            loss = model(input_ids=enc.input_ids, labels=enc.labels).loss
+            for k, g in zip(params, torch.autograd.grad(loss, list(params.values()))):
+                out[k].append(g)
+    return {k: torch.stack(v) for k, v in out.items()}
 
 
 def _project(

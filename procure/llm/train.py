@@ -230,10 +230,9 @@ class StageTrainer:
                         else:
                             acc.backward(loss / cfg.grad_accum)
                     if boundary:
-                        if cfg.max_grad_norm is not None and self.local:
-                            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                        elif cfg.max_grad_norm is not None:
-                            acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                        if cfg.max_grad_norm is not None:
+                            clip = torch.nn.utils.clip_grad_norm_ if self.local else acc.clip_grad_norm_
+                            clip(params, cfg.max_grad_norm)
                         opt.step()
                         opt.zero_grad(set_to_none=True)
                         steps += 1

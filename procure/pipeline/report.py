@@ -103,7 +103,6 @@ def write_report(run_dir: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     run_dir = Path(run_dir)
     s = summarize(run_dir)
@@ -122,19 +121,13 @@ def write_report(run_dir: str | Path) -> Path:
     figs: list[tuple[str, str]] = []
 
     if "metric_by_round" in s:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        styles = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-")]
-        for k, (method, g) in enumerate(s["metric_by_round"].groupby("method")):
-            mk, ls = styles[k % len(styles)]  # arms often coincide (same purchase): keep each line visible
-            ax.plot(g["round"], g["mean"], marker=mk, linestyle=ls, label=method, markerfacecolor="none")
-            ax.fill_between(g["round"], g["min"], g["max"], alpha=0.15)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("round (0 = initial state)")
-        ax.set_ylabel(f"test {metric_name}")
-        ax.legend()
-        ax.set_title(f"test {metric_name} per round (mean over seeds, min-max band)")
         figs.append(("metric_per_round.png", "Test metric per round"))
-        _save(fig, plots / figs[-1][0])
+        plot_metric_per_round(
+            s["metric_by_round"],
+            plots / figs[-1][0],
+            ylabel=f"test {metric_name}",
+            title=f"test {metric_name} per round (mean over seeds, min-max band)",
+        )
         lines += ["## Test metric per round\n", md_table(s["metric_by_round"]), ""]
         lines += ["## Final round\n", md_table(s["final"]), ""]
 
@@ -197,6 +190,29 @@ def _bars(plt, df: pd.DataFrame, col: str, plots: Path, name: str = "payments.pn
     ax.set_ylabel(col)
     ax.legend()
     _save(fig, plots / name)
+
+
+def plot_metric_per_round(by_round: pd.DataFrame, path: Path, *, ylabel: str, title: str) -> None:
+    """Mean line and min-max band per method over rounds; ``by_round`` has method, round, mean, min, max (the
+    ``metric_by_round`` frame of :func:`summarize`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    styles = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-")]
+    for k, (method, g) in enumerate(by_round.groupby("method")):
+        mk, ls = styles[k % len(styles)]  # arms often coincide (same purchase): keep each line visible
+        ax.plot(g["round"], g["mean"], marker=mk, linestyle=ls, label=method, markerfacecolor="none")
+        ax.fill_between(g["round"], g["min"], g["max"], alpha=0.15)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("round (0 = initial state)")
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    ax.set_title(title, fontsize=10)
+    _save(fig, path)
 
 
 def _save(fig, path: Path) -> None:
