@@ -7,8 +7,9 @@
    Fisher that DataInf inverts approximately (Kwon et al.'s curvature), and of Infl_IP with the one-step
    training oracle of seeds/004 (appendix section 7.2). (An exact-Hessian variant by Hessian-vector products
    took ~8 s per product on the shared CPU and was dropped.)
-3. ``per_sample_lora_grads`` batched (hooks, logits only in the answer window) vs a batch-1 backward loop on
-   transformers' own loss (full logits) on SmolLM2-135M, ~64-token examples; our batch-1 loop is timed too.
+3. ``per_sample_lora_grads`` batched (hooks, logits only in the answer window, the batch's shared prompt
+   prefix run once) vs a batch-1 backward loop on transformers' own loss (full logits) on SmolLM2-135M,
+   ~64-token examples; the same batching without prefix sharing and our batch-1 loop are timed too.
 4. ``bm25_values`` vs rank-bm25 ``BM25Okapi.get_scores`` looped over queries, 10,000 candidates x 200 queries.
 
 Prints one markdown table (and the Spearman table); writes eval/results/bench_influence_scatter.png.
@@ -181,13 +182,29 @@ def bench_exact_influence(n_train: int = 64, n_val: int = 32, warm_steps: int = 
 
 
 # ---------------------------------------------------------------------------------- per-sample gradients
-def bench_grads(n: int, batch_size: int, repeat: int = 3) -> dict:
+def _grad_rows(task: str, n: int) -> tuple[list[dict], int, str]:
+    """(rows, max_length, label): conjoint rows cut to ~64 tokens, or the qa-market recipe's training rows."""
+    if task == "qa":
+        from procure.tasks.qa import load_qa
+        from procure.tasks.qa import make_candidates as qa_candidates
+
+        rows = qa_candidates(load_qa("bigbench:elementary_math_qa"), 1, n, (0.0,), rng=0)[0]
+        return rows, 256, "MathQA training rows (qa-market: system line + question + choices)"
+    from procure.tasks.conjoint import ConjointWorld, make_candidates
+
+    rows = make_candidates(ConjointWorld(0), 1, n, (0.5,), rng=0)[0]
+    for r in rows:
+        r.pop("system")  # ~64 tokens: default ChatML system line + product + answer
+    return rows, 64, "conjoint rows"
+
+
+def bench_grads(n: int, batch_size: int, repeat: int = 5, task: str = "conjoint") -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from procure.llm.grads import encode_examples, per_sample_lora_grads, reference_grads
     from procure.llm.models import resolve_model
-    from procure.tasks.conjoint import ConjointWorld, make_candidates
+    from procure.llm.prefix import shared_prefix_length
 
     d = resolve_model("smollm2-135m")  # the converted cache folder (converted once, ~30 s, if missing)
     tok = AutoTokenizer.from_pretrained(d)
@@ -195,26 +212,42 @@ def bench_grads(n: int, batch_size: int, repeat: int = 3) -> dict:
     torch.manual_seed(0)
     cfg = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     model = get_peft_model(base, cfg)
-    rows = make_candidates(ConjointWorld(0), 1, n, (0.5,), rng=0)[0]
-    for r in rows:
-        r.pop("system")  # ~64 tokens: default ChatML system line + product + answer
-    enc = encode_examples(tok, rows, max_length=64)
+    rows, max_len, label = _grad_rows(task, n)
+    enc = encode_examples(tok, rows, max_length=max_len)
     mean_tokens = float(enc.attention_mask.sum(1).double().mean())
-    per_sample_lora_grads(model, tok, rows[:batch_size], batch_size=batch_size, max_length=64, progress=False)
-    ours_s, ours = _timeit(
-        lambda: per_sample_lora_grads(model, tok, rows, batch_size=batch_size, max_length=64, progress=False),
-        repeat=repeat,
+    shared = shared_prefix_length(enc.input_ids, enc.attention_mask, enc.labels)
+
+    def ours(share: bool = True, bs: int = batch_size):
+        kw = {"max_length": max_len, "progress": False}
+        return per_sample_lora_grads(model, tok, rows, batch_size=bs, share_prefix=share, **kw)
+
+    ours()  # warm-up
+    # interleaved repeats, best of each: load on the shared machine hits both sides alike
+    times: dict[str, float] = {}
+    out: dict[str, dict] = {}
+    jobs = {
+        "ours": ours,
+        "ref": lambda: reference_grads(model, tok, rows, max_length=max_len),
+        "plain": lambda: ours(share=False),
+        "plain8": lambda: ours(share=False, bs=8),
+    }
+    for _ in range(repeat):
+        for k, fn in jobs.items():
+            sec, out[k] = _timeit(fn)
+            times[k] = min(times.get(k, float("inf")), sec)
+    loop_s, _ = _timeit(
+        lambda: per_sample_lora_grads(model, tok, rows, method="loop", max_length=max_len, progress=False)
     )
-    ref_s, ref = _timeit(lambda: reference_grads(model, tok, rows, max_length=64), repeat=repeat)
-    loop_s, _ = _timeit(lambda: per_sample_lora_grads(model, tok, rows, method="loop", max_length=64, progress=False))
-    err = max(float((ours[k] - ref[k]).abs().max() / ref[k].abs().max()) for k in ref)
+    ref = out["ref"]
+    err = max(float((out["ours"][k] - ref[k]).abs().max() / ref[k].abs().max()) for k in ref)
     return {
-        "what": f"per-sample LoRA grads, SmolLM2-135M r=8 q/v, n={n}, {mean_tokens:.0f} tokens/ex., "
-        f"batch {batch_size}, best of {repeat}",
-        "ours": ours_s,
-        "ref": ref_s,
+        "what": f"per-sample LoRA grads, SmolLM2-135M r=8 q/v, {label}, n={n}, {mean_tokens:.0f} tokens/ex. "
+        f"({shared} shared), batch {batch_size}, best of {repeat}",
+        "ours": times["ours"],
+        "ref": times["ref"],
         "ref_name": "batch-1 backward loop (HF loss)",
-        "check": f"max rel. diff {err:.1e}; our batch-1 loop (answer-window logits) {loop_s:.2f} s",
+        "check": f"max rel. diff {err:.1e}; without prefix sharing {times['plain']:.2f} s "
+        f"(batch 8: {times['plain8']:.2f} s); our batch-1 loop (answer-window logits) {loop_s:.2f} s",
     }
 
 
@@ -268,7 +301,8 @@ def main() -> None:
     print("|---|---:|---:|---|---:|---|", flush=True)
     for job in (
         lambda: bench_bm25(1000 if args.quick else 10_000, 20 if args.quick else 200),
-        lambda: bench_grads(16 if args.quick else 32, 8),
+        lambda: bench_grads(16 if args.quick else 32, 16 if args.quick else 32, 2 if args.quick else 5),
+        lambda: bench_grads(16 if args.quick else 32, 16 if args.quick else 32, 1 if args.quick else 3, task="qa"),
         lambda: bench_datainf(200 if args.quick else 2000),
     ):
         r = job()

@@ -55,6 +55,65 @@ def test_per_sample_grads_equal_batch1_backward(tiny):
         torch.testing.assert_close(loop[k], ref[k], rtol=1e-4, atol=1e-6)
 
 
+SYSTEM = "You rate products from 0 to 100. Reply with 'Rating: X.' and nothing else."
+SHARED = [
+    {"system": SYSTEM, "prompt": f"Rate this product. Color: {c}. Size: {s}.", "answer": f"Rating: {r}."}
+    for c, s, r in [("red", "small", 42), ("blue", "large", 7), ("red", "large", 90), ("green", "small", 13)]
+]
+
+
+def test_shared_prefix_grads_equal_batch1_backward(tiny, monkeypatch):
+    """Rows sharing a system line and instructions: the prefix runs once per batch, gradients stay per row."""
+    import procure.llm.prefix as prefix
+
+    model, tok = tiny
+    used = []
+
+    def spy(model_, input_ids, attention_mask, labels, *args, **kw):
+        out = real(model_, input_ids, attention_mask, labels, *args, **kw)
+        used.append((prefix.shared_prefix_length(input_ids, attention_mask, labels), out is not None))
+        return out
+
+    real = prefix.shared_prefix_grads
+    monkeypatch.setattr(prefix, "shared_prefix_grads", spy)
+    rows = [SHARED[0], EXAMPLES[0], SHARED[1], EXAMPLES[2], SHARED[2], SHARED[3]]  # mixed: sorting groups them
+    got = per_sample_lora_grads(model, tok, rows, batch_size=4, progress=False)
+    assert any(ok and p >= prefix.MIN_PREFIX for p, ok in used), used
+    ref = reference_grads(model, tok, rows)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-6)
+    plain = per_sample_lora_grads(model, tok, rows, batch_size=4, share_prefix=False, progress=False)
+    for k in ref:
+        torch.testing.assert_close(plain[k], ref[k], rtol=1e-4, atol=1e-6)
+    # all rows share the system line: batched by length (a long row gets its own batch), still the input order
+    long = {**SHARED[1], "prompt": SHARED[1]["prompt"] + " Material: wool, cotton and silk, hand-made." * 3}
+    rows = [SHARED[0], long, *SHARED[1:]]
+    used.clear()
+    got = per_sample_lora_grads(model, tok, rows, batch_size=8, progress=False)
+    assert [ok for _, ok in used] == [True, False]  # 4 short rows shared; the long row alone, run as usual
+    ref = reference_grads(model, tok, rows)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-6)
+
+
+def test_shared_prefix_length_stops_before_labels_and_short_rows():
+    from procure.llm.prefix import shared_prefix_length
+
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 0], [1, 2, 3, 4, 9, 9, 9, 9]])
+    mask = (torch.arange(8) < torch.tensor([[7], [8]])).long()
+    lab = torch.full_like(ids, -100)
+    lab[:, 6] = 7
+    assert shared_prefix_length(ids, mask, lab) == 4  # rows differ at position 4
+    ids[1, 4:] = ids[0, 4:]
+    assert shared_prefix_length(ids, mask, lab) == 5  # position 5 predicts the label at 6
+    lab[:, 6], lab[:, 3] = -100, 4
+    assert shared_prefix_length(ids, mask, lab) == 2
+    lab[:, 3] = -100
+    assert shared_prefix_length(ids, mask, lab) == 0  # no label at all: label_window is (0, 0)
+    lab[:, 7] = 1
+    assert shared_prefix_length(ids, mask, lab) == 6  # the shorter row (7 tokens) keeps one own position
+
+
 def test_loss_only_on_answer_tokens(tiny):
     model, tok = tiny
     enc = encode_examples(tok, EXAMPLES[:2], max_length=256)
@@ -127,3 +186,23 @@ def test_user_errors(tiny):
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir())
     with pytest.raises(UserError, match="LoRA"):
         per_sample_lora_grads(base, tok, EXAMPLES, progress=False)
+
+
+def test_batch_order_by_length_under_a_common_prefix_else_lexicographic():
+    from procure.llm.prefix import MIN_PREFIX, batch_order
+
+    common = list(range(100, 100 + MIN_PREFIX))
+    seqs = [common + [5, 1, 1], common + [3], common + [9, 9], common + [2]]
+    assert batch_order(seqs) == ([3, 1, 2, 0], True)  # by length, ties by tokens
+    mixed = [[1, 9, 9, 9], [2, 5], [1, 8], [2, 4, 4]]  # no common prefix: rows starting alike meet
+    assert batch_order(mixed) == ([2, 0, 3, 1], False)
+    assert batch_order([]) == ([], False)
+
+
+def test_length_batches_cap_rows_and_padding():
+    from procure.llm.prefix import length_batches
+
+    assert length_batches([10] * 5, 2) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    # 10, 11, 12: padding 3 of 36 (8 %) is fine; adding 20 would pad 10+9+8 of 80 (34 %): new batch
+    assert length_batches([10, 11, 12, 20, 21], 8) == [slice(0, 3), slice(3, 5)]
+    assert length_batches([], 4) == []

@@ -68,3 +68,29 @@ def test_losses_equal_transformers_full_logits(tiny, wrap):
             one = encode_examples(tok, ROWS[i : i + 1], max_length=256)
             torch.testing.assert_close(per[i], model(input_ids=one.input_ids, labels=one.labels).loss)
     assert targets.shape == logits.shape[:2]
+
+
+def test_label_logits_project_only_labelled_positions(tiny):
+    """Rows of different lengths: the vocabulary projection sees the m labelled positions, not the window."""
+    from procure.llm.loss import label_logits
+
+    model, tok = tiny
+    enc = encode_examples(tok, ROWS, max_length=256)
+    seen = []
+    head = model.get_base_model().get_output_embeddings()
+    handle = head.register_forward_hook(lambda _m, args, _out: seen.append(tuple(args[0].shape)))
+    try:
+        with torch.no_grad():
+            logits, targets, rows = label_logits(model, enc.input_ids, enc.attention_mask, enc.labels)
+            window, wt = answer_logits(model, enc.input_ids, enc.attention_mask, enc.labels)
+    finally:
+        handle.remove()
+    m = int((enc.labels[:, 1:] != -100).sum())
+    assert seen[0][:2] == (1, m) and seen[1][:2] == wt.shape and wt.numel() > m
+    torch.testing.assert_close(logits, window[wt != -100], rtol=1e-5, atol=1e-5)
+    assert targets.tolist() == wt[wt != -100].tolist()
+    assert rows.tolist() == [i for i in range(len(ROWS)) for _ in range(int((wt[i] != -100).sum()))]
+    none = torch.full_like(enc.labels, -100)
+    per = per_example_loss(model, enc.input_ids, enc.attention_mask, none)
+    assert per.tolist() == [0.0] * len(ROWS)
+    assert batch_loss(model, enc.input_ids, enc.attention_mask, none).item() == 0.0

@@ -110,12 +110,24 @@ class _HookGrads:
             raise UserError(f"per-sample gradients: trainable {other} is not a LoRA Linear weight; use method='loop'")
         self.inputs: dict[str, torch.Tensor] = {}
         self.grads: dict[str, torch.Tensor] = {}
+        self.active = True
         self.handles = []
         for pname, mod in self.modules.items():
             self.handles.append(mod.register_forward_hook(self._forward(pname)))
 
+    @contextlib.contextmanager
+    def paused(self):
+        """Forward passes inside record nothing (the shared-prefix pass of :mod:`procure.llm.prefix`)."""
+        self.active = False
+        try:
+            yield
+        finally:
+            self.active = True
+
     def _forward(self, pname: str):
         def hook(_mod, inputs, output):
+            if not self.active:
+                return
             self.inputs[pname] = inputs[0].detach()
             if output.requires_grad:
                 output.register_hook(lambda g: self._store(pname, g))
@@ -150,6 +162,7 @@ def per_sample_lora_grads(
     seed: int = 0,
     progress: bool = True,
     method: Literal["hooks", "loop"] = "hooks",
+    share_prefix: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Gradients of each example's loss w.r.t. the LoRA parameters: {parameter name: (n, *shape)}.
 
@@ -158,36 +171,45 @@ def per_sample_lora_grads(
     module, the DataInf block) is sketched with its own seeded Gaussian matrix P_l ~ N(0, 1/k), as in
     TRAK/LESS: returns {layer name: (n, k)} with g_il P_l; inner products are preserved in expectation. The
     sketches cost 4 * p_l * k bytes per block while the call runs. ``method="loop"``: one backward per example.
+    ``share_prefix`` (hooks only): examples are batched in the order of :func:`procure.llm.prefix.batch_order`
+    (by length when they all share a prompt prefix, batches then cut where padding would exceed 20 %; else so
+    that rows with a common prefix meet) and a batch's
+    shared prefix is run forward once (:mod:`procure.llm.prefix`); rows come back in the input order.
     Gradients are float32 (float64 for a float64 model; bf16/fp16 models are accumulated in float32).
     """
+    from procure.llm.formatting import encode_row, pad_batch
+    from procure.llm.prefix import batch_order, length_batches, shared_prefix_grads
+
     params = lora_parameters(model)
     n = len(examples)
     if n == 0:
         raise UserError("per-sample gradients: no examples")
     if projection_dim is not None and projection_dim < 1:
         raise UserError("projection_dim must be a positive integer (or None for exact gradients)")
+    rows = [encode_row(tokenizer, ex, max_length, index=k) for k, ex in enumerate(examples)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    share = share_prefix and method == "hooks"
+    order, by_length = batch_order([ids for ids, _ in rows]) if share else (list(range(n)), False)
+    step = 1 if method == "loop" else batch_size
+    if by_length:
+        batches = length_batches([len(rows[i][0]) for i in order], step)
+    else:
+        batches = list(_batches(n, step))
     chunks: dict[str, list[torch.Tensor]] = {}
     sketches: dict[str, torch.Tensor] = {}
-    step = 1 if method == "loop" else batch_size
     bar = tqdm(total=n, desc="per-sample grads", unit="ex", disable=not progress)
     hooks = _HookGrads(model, params) if method == "hooks" else None
     try:
         dev = next(iter(params.values())).device
         with _eval_mode(model):
-            for sl in _batches(n, step):
-                enc = encode_examples(tokenizer, examples[sl], max_length)
-                enc = Encoded(enc.input_ids.to(dev), enc.attention_mask.to(dev), enc.labels.to(dev))
-                loss = _per_example_loss(model, enc).sum()
-                if hooks is not None:
-                    hooks.grads.clear()
-                    torch.autograd.grad(loss, list(params.values()))
-                    batch = {k: hooks.grads[k] for k in params}
-                else:
-                    g = torch.autograd.grad(loss, list(params.values()))
-                    batch = {
-                        k: gi.detach().to(torch.promote_types(gi.dtype, torch.float32)).unsqueeze(0)
-                        for k, gi in zip(params, g)
-                    }
+            for sl in batches:
+                b = pad_batch([rows[i] for i in order[sl]], pad, side="right")
+                enc = Encoded(b["input_ids"].to(dev), b["attention_mask"].to(dev), b["labels"].to(dev))
+                batch = None
+                if share:
+                    batch = shared_prefix_grads(model, enc.input_ids, enc.attention_mask, enc.labels, hooks, params)
+                if batch is None:
+                    batch = _batch_grads(model, enc, params, hooks)
                 if projection_dim is not None:
                     batch = _project(batch, projection_dim, seed, sketches)
                 for k, v in batch.items():
@@ -197,7 +219,25 @@ def per_sample_lora_grads(
         bar.close()
         if hooks is not None:
             hooks.close()
-    return {k: torch.cat(v) for k, v in chunks.items()}
+    out = {k: torch.cat(v) for k, v in chunks.items()}
+    if share:  # back to the input order
+        inv = torch.empty(n, dtype=torch.long)
+        inv[torch.tensor(order)] = torch.arange(n)
+        out = {k: v[inv.to(v.device)] for k, v in out.items()}
+    return out
+
+
+def _batch_grads(
+    model: nn.Module, enc: Encoded, params: Mapping[str, nn.Parameter], hooks: _HookGrads | None
+) -> dict[str, torch.Tensor]:
+    """Per-sample gradients of one batch: hooks (one backward) or, without hooks, a batch of one row."""
+    loss = _per_example_loss(model, enc).sum()
+    if hooks is not None:
+        hooks.grads.clear()
+        torch.autograd.grad(loss, list(params.values()))
+        return {k: hooks.grads[k] for k in params}
+    g = torch.autograd.grad(loss, list(params.values()))
+    return {k: gi.detach().to(torch.promote_types(gi.dtype, torch.float32)).unsqueeze(0) for k, gi in zip(params, g)}
 
 
 def reference_grads(
