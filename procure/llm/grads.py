@@ -156,7 +156,7 @@ def per_sample_lora_grads(
     tokenizer: Any,
     examples: Sequence[Mapping[str, Any]],
     *,
-    batch_size: int = 8,
+    batch_size: int = 16,
     max_length: int = 256,
     projection_dim: int | None = None,
     seed: int = 0,

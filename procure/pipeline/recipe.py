@@ -102,7 +102,7 @@ class ValuationSpec(_Strict):
     exact_max_candidates: int = Field(6, ge=1, description="ADS is exact up to this many candidates, else MC")
     mc_permutations: int = Field(20, ge=1)
     projection_dim: int | None = Field(None, ge=1, description="random projection of LoRA gradients (influence)")
-    grad_batch_size: int = Field(8, ge=1)
+    grad_batch_size: int = Field(16, ge=1)
 
 
 class UtilityMap(_Strict):
