@@ -10,6 +10,7 @@ masked), so for every LoRA ``nn.Linear`` with input x (b, t, d_in) and output gr
 gradient of example i's own loss is exactly ``dy_i^T x_i`` (an einsum over tokens), as in Opacus. This is
 hand-written rather than ``torch.func.vmap(grad(functional_call))`` because it needs no per-sample replay of
 the model and works with any attention kernel; ``method="loop"`` (one backward per example) is the reference.
+A prompt prefix shared by a batch's rows is run forward once (``share_prefix``, :mod:`procure.llm.prefix`).
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ def shared_prefix_grads(
         return None
     kw = {"logits_to_keep": 1} if _takes_logits_to_keep(type(_inner(model))) else {}
     # the math attention kernel is plain matmuls and softmax, which the batched backward below vmaps; the fused
-    # CPU kernel's backward has no batching rule and runs once per row (measured: slower)
+    # CPU kernel's backward has no batching rule and would run once per row
     with hooks.paused(), sdpa_kernel(SDPBackend.MATH):
         out = model(input_ids=input_ids[:1, :p], attention_mask=attention_mask[:1, :p], use_cache=True, **kw)
     layers = _cache_layers(getattr(out, "past_key_values", None))
@@ -128,7 +128,7 @@ def shared_prefix_grads(
     cot = got[len(plist) :]
     if not leaves:  # no trainable parameter before the cache: the prefix adds nothing
         return {k: hooks.grads[k] for k in names}
-    with warnings.catch_warnings():  # vmap falls back to a loop for a few ops (attention backward): correct
+    with warnings.catch_warnings():  # an op without a batching rule is looped over rows: correct, slower
         warnings.filterwarnings("ignore", message=".*performance drop.*batching rule.*")
         pre = torch.autograd.grad(
             prefix_out,
