@@ -39,12 +39,19 @@ def encode_examples(tokenizer: Any, examples: Sequence[Mapping[str, Any]], max_l
     """Tokenise {"prompt", "answer", optional "system"} rows exactly as the stage trainer does
     (:func:`procure.llm.formatting.encode_row`: chat prompt + answer + EOS, loss on answer + EOS, cut at
     ``max_length``), right-padded."""
-    from procure.llm.formatting import encode_row, pad_batch
+    from procure.llm.formatting import encode_row
 
     rows = [encode_row(tokenizer, ex, max_length, index=k) for k, ex in enumerate(examples)]
+    return _padded(tokenizer, rows)
+
+
+def _padded(tokenizer: Any, rows: Sequence[tuple[list[int], list[int]]], device: Any = None) -> Encoded:
+    """Encoded (input_ids, labels) rows, right-padded with the tokenizer's pad id (0 without one)."""
+    from procure.llm.formatting import pad_batch
+
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     b = pad_batch(rows, pad, side="right")
-    return Encoded(b["input_ids"], b["attention_mask"], b["labels"])
+    return Encoded(b["input_ids"].to(device), b["attention_mask"].to(device), b["labels"].to(device))
 
 
 def _per_example_loss(model: nn.Module, enc: Encoded) -> torch.Tensor:
@@ -174,11 +181,11 @@ def per_sample_lora_grads(
     sketches cost 4 * p_l * k bytes per block while the call runs. ``method="loop"``: one backward per example.
     ``share_prefix`` (hooks only): examples are batched in the order of :func:`procure.llm.prefix.batch_order`
     (by length when they all share a prompt prefix, batches then cut where padding would exceed 20 %; else so
-    that rows with a common prefix meet) and a batch's
-    shared prefix is run forward once (:mod:`procure.llm.prefix`); rows come back in the input order.
+    that rows with a common prefix meet) and a batch's shared prefix is run forward once
+    (:mod:`procure.llm.prefix`); rows come back in the input order.
     Gradients are float32 (float64 for a float64 model; bf16/fp16 models are accumulated in float32).
     """
-    from procure.llm.formatting import encode_row, pad_batch
+    from procure.llm.formatting import encode_row
     from procure.llm.prefix import batch_order, length_batches, shared_prefix_grads
 
     params = lora_parameters(model)
@@ -188,7 +195,6 @@ def per_sample_lora_grads(
     if projection_dim is not None and projection_dim < 1:
         raise UserError("projection_dim must be a positive integer (or None for exact gradients)")
     rows = [encode_row(tokenizer, ex, max_length, index=k) for k, ex in enumerate(examples)]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     share = share_prefix and method == "hooks"
     order, by_length = batch_order([ids for ids, _ in rows]) if share else (list(range(n)), False)
     step = 1 if method == "loop" else batch_size
@@ -204,8 +210,7 @@ def per_sample_lora_grads(
         dev = next(iter(params.values())).device
         with _eval_mode(model):
             for sl in batches:
-                b = pad_batch([rows[i] for i in order[sl]], pad, side="right")
-                enc = Encoded(b["input_ids"].to(dev), b["attention_mask"].to(dev), b["labels"].to(dev))
+                enc = _padded(tokenizer, [rows[i] for i in order[sl]], dev)
                 batch = None
                 if share:
                     batch = shared_prefix_grads(model, enc.input_ids, enc.attention_mask, enc.labels, hooks, params)

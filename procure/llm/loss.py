@@ -41,6 +41,12 @@ def label_window(labels: torch.Tensor) -> tuple[int, int]:
     return int(has[0]), int(has[-1]) + 1
 
 
+def _run_window(labels: torch.Tensor) -> tuple[int, int]:
+    """:func:`label_window`, widened to one (fully masked) position when no row has a label."""
+    lo, hi = label_window(labels)
+    return lo, max(hi, lo + 1)
+
+
 def answer_logits(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -58,8 +64,7 @@ def answer_logits(
     With ``past_key_values`` holding positions 0..start-1 (a prompt prefix computed once, see
     :mod:`procure.llm.prefix`), ``input_ids`` are positions start.. only while ``attention_mask`` and
     ``labels`` cover the whole row; the window must then begin at or after ``start``."""
-    lo, hi = label_window(labels)
-    hi = max(hi, lo + 1)  # no label at all: one position, fully masked
+    lo, hi = _run_window(labels)
     if lo < start:
         raise ValueError(f"label window starts at {lo}, inside the cached prefix of {start} positions")
     kw: dict = {"use_cache": past_key_values is not None}
@@ -93,13 +98,13 @@ def label_logits(
     call their output embedding as a module get the window, flattened to the same result. Arguments as in
     :func:`answer_logits`.
     """
-    lo, hi = label_window(labels)
-    hi = max(hi, lo + 1)  # as in answer_logits
+    lo, hi = _run_window(labels)
     targets = labels[:, lo + 1 : hi + 1]
     sel = targets != -100
     rows = sel.nonzero()[:, 0]
-    get = getattr(_inner(model), "get_output_embeddings", None)
-    head = get() if callable(get) and _takes_logits_to_keep(type(_inner(model))) else None
+    inner = _inner(model)
+    get = getattr(inner, "get_output_embeddings", None)
+    head = get() if callable(get) and _takes_logits_to_keep(type(inner)) else None
     fired = []
 
     def pick(_mod, args):
