@@ -8,16 +8,12 @@ with exit code 2; Ctrl-C exits with 130.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
-# (module, attribute) of every subsystem CLI; a module that is not there yet is skipped.
-_SUBSYSTEMS = (
-    "procure.valuation.cli",
-    "procure.market.cli",
-    "procure.pipeline.cli",
-)
+from procure.market import cli as market_cli
+from procure.pipeline import cli as pipeline_cli
+from procure.valuation import cli as valuation_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,13 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"procure {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in _SUBSYSTEMS:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # subsystem not present in this build
-            if exc.name != name:
-                raise
-            continue
+    for mod in (valuation_cli, market_cli, pipeline_cli):
         mod.register(sub)
     return parser
 

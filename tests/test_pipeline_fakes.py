@@ -49,7 +49,7 @@ class FakeScenario:
         return self._rows(n, 1.0, np.random.default_rng(self.seed + 7)) if n else []
 
     def candidates(self, round: int, rng: np.random.Generator):
-        from procure.pipeline.loop import Candidate
+        from procure.pipeline.protocols import Candidate
 
         return [
             Candidate(j, self._rows(self.rows[j], self.noise[j], rng), float(self.noise[j]))

@@ -16,8 +16,8 @@ def _recipe(task: dict):
 
 def test_conjoint_scenario_matches_the_noise_shares():
     spec = {"kind": "conjoint", "rows_per_seller": 40, "noise_shares": [0.0, 0.5, 1.0], "warmup_rows": 5}
-    scen, learner = make_scenario(_recipe(spec), seed=4)
-    assert learner is None and scen.n_sellers == 3
+    scen = make_scenario(_recipe(spec), seed=4)
+    assert scen.n_sellers == 3
     cands = scen.candidates(1, np.random.default_rng(0))
     assert [c.noise for c in cands] == [0.0, 0.5, 1.0]
     assert all(len(c.examples) == 40 and set(c.examples[0]) == {"prompt", "answer", "system"} for c in cands)
@@ -59,7 +59,7 @@ def test_qa_scenario_from_a_local_file(tmp_path):
         "test_size": 8,
         "noise_shares": [0.0, 1.0],
     }
-    scen, _ = make_scenario(_recipe(spec), seed=1)
+    scen = make_scenario(_recipe(spec), seed=1)
     r1 = scen.candidates(1, np.random.default_rng(0))
     r2 = scen.candidates(2, np.random.default_rng(0))
     assert [c.noise for c in r1] == [0.0, 1.0, 0.0] and all(len(c.examples) == 5 for c in r1)

@@ -8,16 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from procure.pipeline.loop import Example, Task
+from procure.pipeline.protocols import Example, Task
 from procure.pipeline.recipe import Recipe, train_config
 
 
-def make_learner(recipe: Recipe) -> LLMLearner:
-    return LLMLearner(recipe)
-
-
 class LLMLearner:
-    """Implements ``procure.pipeline.loop.Learner`` on the recipe's model."""
+    """Implements ``procure.pipeline.protocols.Learner`` on the recipe's model."""
 
     def __init__(self, recipe: Recipe) -> None:
         import os
@@ -51,11 +47,7 @@ class LLMLearner:
         trainer = self._trainer()
         trainer.cfg = self.cfg.model_copy(update=update)
         res = trainer.train(examples, out_dir, init_adapter=state, progress=False)
-        info: dict[str, Any] = {"n_tokens": int(res.n_tokens), "final_loss": float(res.final_loss)}
-        sub = Path(res.adapter_dir).resolve().relative_to(Path(out_dir).resolve())
-        if str(sub) != ".":
-            info["adapter_subdir"] = str(sub)
-        return info
+        return {"n_tokens": int(res.n_tokens), "final_loss": float(res.final_loss)}
 
     # -- evaluation -------------------------------------------------------------------------------------------
     def _generator(self):

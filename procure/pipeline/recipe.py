@@ -7,7 +7,6 @@ A typo or a wrong type ends as one line naming the dotted field (``procure.error
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -18,10 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from procure.errors import UserError, format_validation_error
 
 Method = Literal["ads", "loo", "bm25", "infl_ip", "datainf", "constant", "random"]
-#: methods whose value of a candidate needs coalition fine-tunes (v(S) = utility after training on S)
-RETRAIN_METHODS = frozenset({"ads", "loo"})
-#: methods that need per-sample LoRA gradients at the current state
-GRADIENT_METHODS = frozenset({"infl_ip", "datainf"})
 
 
 class _Strict(BaseModel):
@@ -83,8 +78,8 @@ class QASpec(_Strict):
 class PluginSpec(_Strict):
     """A scenario and learner from your own code: ``target`` = ``"package.module:factory"``.
 
-    ``factory(spec, seed)`` returns ``(scenario, learner)`` following ``procure.pipeline.loop.Scenario`` and
-    ``Learner``. Useful for non-LLM stand-ins and for tests.
+    ``factory(spec, seed)`` returns ``(scenario, learner)`` following ``procure.pipeline.protocols.Scenario``
+    and ``Learner``. Useful for non-LLM stand-ins and for tests.
     """
 
     kind: Literal["plugin"]
@@ -184,9 +179,6 @@ class Recipe(_Strict):
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)
 
-    def digest(self) -> str:
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
-
 
 def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
     """Validate a mapping into a :class:`Recipe`; any problem raises a one-line ``UserError``."""
@@ -226,11 +218,9 @@ def train_config(recipe: Recipe, **overrides: Any):
 
 
 def _check_training(recipe: Recipe, source: str) -> None:
+    from procure.llm.train import TrainConfig
+
     if recipe.task.kind == "plugin":
-        return
-    try:
-        from procure.llm.train import TrainConfig
-    except ModuleNotFoundError:  # LLM layer not installed in this build: checked again when training starts
         return
     try:
         TrainConfig(**recipe.training)

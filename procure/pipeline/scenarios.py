@@ -7,28 +7,54 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from procure.errors import UserError
-from procure.pipeline.loop import Candidate, Example, Learner, Scenario, Task
+from procure.pipeline.backends import LLMLearner
+from procure.pipeline.protocols import Candidate, Example, Learner, Scenario, Task
 from procure.pipeline.recipe import ConjointSpec, PluginSpec, QASpec, Recipe
 
 
-def make_scenario(recipe: Recipe, seed: int) -> tuple[Scenario, Learner | None]:
-    """The recipe's scenario for ``seed``; plugins may also return their own learner (else None)."""
+def components(recipe: Recipe, *, need_learner: bool = True) -> tuple[Callable[[int], Scenario], Learner | None]:
+    """The recipe's scenario factory (``seed -> Scenario``, one scenario per seed) and its learner: a plugin's own
+    learner (from its factory's first seed) or the LLM learner on ``recipe.model`` (None if not ``need_learner``).
+    """
     spec = recipe.task
+    learner: Learner | None = None
     if isinstance(spec, PluginSpec):
-        return load_plugin(spec, seed)
+        factory = load_plugin(spec)
+        first = recipe.seeds[0]
+        scenario0, learner = _plugin_parts(factory(spec, first))
+        made = {first: scenario0}
+
+        def scenario_factory(seed: int) -> Scenario:
+            return made.pop(seed) if seed in made else _plugin_parts(factory(spec, seed))[0]
+
+    else:
+
+        def scenario_factory(seed: int) -> Scenario:
+            return make_scenario(recipe, seed)
+
+    if learner is None and need_learner:
+        learner = LLMLearner(recipe)
+    return scenario_factory, learner
+
+
+def make_scenario(recipe: Recipe, seed: int) -> Scenario:
+    """The scenario of a conjoint or QA recipe for ``seed`` (plugins: :func:`components`)."""
+    spec = recipe.task
     if isinstance(spec, ConjointSpec):
-        return ConjointScenario(spec, seed), None
+        return ConjointScenario(spec, seed)
     if isinstance(spec, QASpec):
-        return QAScenario(spec, seed), None
-    raise UserError(f"task.kind: unknown task kind {spec.kind!r}")  # pragma: no cover - validated
+        return QAScenario(spec, seed)
+    raise ValueError(f"no built-in scenario for task kind {spec.kind!r}")
 
 
-def load_plugin(spec: PluginSpec, seed: int) -> tuple[Scenario, Learner | None]:
+def load_plugin(spec: PluginSpec) -> Callable[[PluginSpec, int], Any]:
+    """The plugin's factory ``package.module:factory`` (importing it runs that module's code)."""
     mod_name, _, attr = spec.target.partition(":")
     try:
         mod = importlib.import_module(mod_name)
@@ -37,10 +63,11 @@ def load_plugin(spec: PluginSpec, seed: int) -> tuple[Scenario, Learner | None]:
     factory = getattr(mod, attr, None)
     if not callable(factory):
         raise UserError(f"task.target: {mod_name!r} has no callable {attr!r}")
-    out = factory(spec, seed)
-    if isinstance(out, tuple):
-        return out[0], out[1]
-    return out, None
+    return factory
+
+
+def _plugin_parts(out: Any) -> tuple[Scenario, Learner | None]:
+    return (out[0], out[1]) if isinstance(out, tuple) else (out, None)
 
 
 class ConjointScenario:

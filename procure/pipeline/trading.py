@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from procure.market.round import clear_round, royalty_payouts, stay_probability
 from procure.pipeline.recipe import MarketSpec, UtilityMap
 
 
@@ -73,7 +74,6 @@ def clear(values: np.ndarray, spec: MarketSpec, sellable: list[bool] | None = No
 
     Candidates that are not ``sellable`` (an empty dataset) get utility 0 and no offer; the utility map
     (min-max scaling included) runs over the sellable ones only."""
-    clear_round, _, _ = _market()
     n = len(values)
     ok = np.ones(n, dtype=bool) if sellable is None else np.asarray(sellable, dtype=bool)
     u = np.zeros(n)
@@ -109,7 +109,6 @@ def settle(
 ) -> tuple[list[float], list[dict[str, float]]]:
     """Royalties from the measured gain (utility units, gamma-scaled) and the stay decisions of the sellers
     that sold. Returns (royalty per candidate, one record per seller that sold)."""
-    _, royalty_payouts, stay_probability = _market()
     n = len(clearing.utilities)
     royalties = [0.0] * n
     if spec.contract == "royalty" and clearing.bought:
@@ -129,59 +128,6 @@ def settle(
         stays = bool(rng.random() < p) if p < 1.0 else True
         records.append({"candidate": j, "paid": paid, "fair": fair, "stay_prob": p, "stays": int(stays)})
     return royalties, records
-
-
-def _market():
-    """``procure.market.round``'s (clear_round, royalty_payouts, stay_probability); a minimal private stand-in
-    while that module is absent from the build (one buyer, greedy by utility, Lemma 3 price min(u, budget))."""
-    try:
-        from procure.market.round import clear_round, royalty_payouts, stay_probability
-    except ModuleNotFoundError as exc:
-        if exc.name != "procure.market.round":
-            raise
-        return _fallback_clear, _fallback_royalty, _fallback_stay
-    return clear_round, royalty_payouts, stay_probability
-
-
-@dataclass
-class _Outcome:
-    prices: np.ndarray
-    rates: np.ndarray
-    bought: tuple[int, ...]
-    upfront: np.ndarray
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"solver": "pipeline-fallback-greedy", "bought": list(self.bought)}
-
-
-def _fallback_clear(values, budget, contract, *, costs=None, bundle_utility=None, max_rate=0.5) -> _Outcome:
-    u = np.asarray(values, dtype=np.float64)
-    n = len(u)
-    prices, rates, upfront = np.zeros(n), np.zeros(n), np.zeros(n)
-    left, bought = float(budget), []
-    for j in sorted(range(n), key=lambda i: (-u[i], i)):
-        if u[j] <= 0:
-            break
-        if contract == "royalty":
-            rates[j] = max_rate if sum(rates) + max_rate < 1 else 0.0
-            if rates[j] > 0:
-                bought.append(j)
-        elif u[j] <= left:
-            prices[j] = upfront[j] = u[j]
-            left -= u[j]
-            bought.append(j)
-    return _Outcome(prices, rates, tuple(sorted(bought)), upfront)
-
-
-def _fallback_royalty(rates, bought, realised_gain) -> np.ndarray:
-    out = np.zeros(len(rates))
-    for j in bought:
-        out[j] = rates[j] * max(float(realised_gain), 0.0)
-    return out
-
-
-def _fallback_stay(paid: float, fair: float, family: str = "power", **params: float) -> float:
-    return 1.0 if paid >= fair or fair <= 0 else max(paid, 0.0) / fair
 
 
 def _jsonable(obj: Any) -> Any:

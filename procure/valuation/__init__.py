@@ -8,6 +8,8 @@ Public API (shared/DESIGN.md)::
     knn_shapley(x_train, y_train, x_test, y_test, k) -> np.ndarray
     knn_ads(x_train, y_train, groups, x_test, y_test, k) -> np.ndarray
 
+One entry point for all of them: ``estimate(method, utility_or_data, groups, Budget(...)) -> Valuation``.
+
 A utility is ``Callable[[frozenset[int]], float]`` over players ``0..n-1``; groups are an ordered list of lists
 of player ids (sigma = (D_1..D_T)). Estimators memoise the utility: no coalition is evaluated twice.
 """
@@ -17,6 +19,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from procure.valuation.estimate import Budget, Valuation, estimate, plan  # noqa: E402
 from procure.valuation.exact import exact_ads, exact_shapley  # noqa: E402
 from procure.valuation.games import CachedUtility, InvalidGroupsError, validate_groups  # noqa: E402
 from procure.valuation.knn import knn_ads, knn_shapley, knn_utility  # noqa: E402
@@ -31,6 +34,10 @@ from procure.valuation.montecarlo import (  # noqa: E402
 )
 
 __all__ = [
+    "Budget",
+    "Valuation",
+    "estimate",
+    "plan",
     "CachedUtility",
     "InvalidGroupsError",
     "MCResult",
