@@ -120,7 +120,7 @@ def report(results: dict[str, dict], n_adapters: int) -> None:
     ref = results.get("hf:merged")
     totals = {r: v["start"] + sum(v["per_adapter"]) for r, v in results.items()}
     best = min(totals.values())
-    auto = ":".join(auto_choice("cpu"))
+    auto = ":".join(auto_choice())
     n_prompts = len(prompts()[0])
     print(
         f"\nEvaluation of {n_adapters} coalition adapters x {n_prompts} conjoint prompts x {MAX_NEW_TOKENS} new "

@@ -20,24 +20,41 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
-def build_once(target: Path, build: Callable[[Path], None]) -> Path:
-    """Create directory ``target`` atomically: ``build(tmp)`` fills a sibling temp folder, then it is renamed.
+def write_dir_atomically(target: Path, build: Callable[[Path], None], *, replace: bool) -> Path:
+    """Write directory ``target`` atomically: ``build(tmp)`` fills a sibling temp folder, which is then renamed.
 
-    A crash mid-build leaves no half-written ``target``; a concurrent builder that loses the rename race
-    discards its copy and uses the winner's.
+    Readers never see a half-written ``target``, and a failure (in ``build`` or the rename) leaves no temp folder.
+
+    - ``replace=False`` (create once): an existing ``target`` is returned as is, without calling ``build``; a
+      concurrent builder that loses the rename race discards its copy and returns the winner's.
+    - ``replace=True``: an existing ``target`` is swapped out only once the new folder is complete; until then,
+      and on any failure, the old folder stays in place.
     """
-    if target.exists():
+    target = Path(target)
+    if not replace and target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    old: Path | None = None  # holds the replaced folder (as old/x) until the new one is in place
     try:
         build(tmp)
+        if replace and target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.rename(target, old / "x")
         try:
             os.rename(tmp, target)
         except OSError:
-            if not target.exists():
+            if old is not None:  # put the old folder back
+                os.rename(old / "x", target)
+            if replace or not target.exists():  # else: lost the race to a concurrent builder, use its folder
                 raise
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        for d in (tmp, old):
+            if d is not None and d.exists():
+                shutil.rmtree(d, ignore_errors=True)
     return target
+
+
+def build_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """Create directory ``target`` with ``build(tmp)`` unless it exists: ``write_dir_atomically(replace=False)``."""
+    return write_dir_atomically(target, build, replace=False)

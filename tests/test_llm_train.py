@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,10 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
+from procure.cache import build_once, write_dir_atomically
 from procure.errors import UserError
 from procure.llm.formatting import encode_row, pad_batch
-from procure.llm.train import StageTrainer, TrainConfig, atomic_save
+from procure.llm.train import StageTrainer, TrainConfig
 
 ROWS = [
     {"prompt": f"Product {i}: colour {i % 3}", "answer": f"Rating: {10 * (i % 4)}.", "system": "Rate."}
@@ -112,7 +114,7 @@ def test_fractional_epochs_and_grad_accum(tmp_path):
     assert not (tmp_path / "empty").exists()
 
 
-def test_atomic_save_failure_keeps_old_folder_and_leaves_no_temp(trainer, tmp_path, monkeypatch):
+def test_stage_save_failure_keeps_old_folder_and_leaves_no_temp(trainer, tmp_path, monkeypatch):
     out = tmp_path / "stage"
     trainer.train(ROWS[:4], out, progress=False)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -131,14 +133,59 @@ def test_atomic_save_failure_keeps_old_folder_and_leaves_no_temp(trainer, tmp_pa
     assert not any("lora" in n for n, _ in trainer.base.named_modules())  # base cleaned after the failure too
 
 
-def test_atomic_save_replaces_and_creates(tmp_path):
-    def save(content: str):
-        return lambda d: (d / "f.txt").write_text(content)
+def _writer(content: str):
+    return lambda d: (d / "f.txt").write_text(content)
 
-    atomic_save(save("one"), tmp_path / "x")
-    atomic_save(save("two"), tmp_path / "x")
+
+def test_write_dir_atomically_replaces_and_creates(tmp_path):
+    write_dir_atomically(tmp_path / "x", _writer("one"), replace=True)
+    write_dir_atomically(tmp_path / "x", _writer("two"), replace=True)
     assert (tmp_path / "x" / "f.txt").read_text() == "two"
     assert [p.name for p in tmp_path.iterdir()] == ["x"]
+
+
+def test_write_dir_atomically_failure_keeps_old_folder_and_leaves_no_temp(tmp_path, monkeypatch):
+    write_dir_atomically(tmp_path / "x", _writer("one"), replace=True)
+
+    def broken(d: Path) -> None:
+        (d / "f.txt").write_text("partial")
+        raise OSError("disk full")
+
+    for replace in (True, False):
+        with pytest.raises(OSError, match="disk full"):
+            write_dir_atomically(tmp_path / "y", broken, replace=replace)  # nothing there before: nothing after
+    with pytest.raises(OSError, match="disk full"):
+        write_dir_atomically(tmp_path / "x", broken, replace=True)
+    assert (tmp_path / "x" / "f.txt").read_text() == "one"
+    assert [p.name for p in tmp_path.iterdir()] == ["x"]
+
+    rename = os.rename
+
+    def failing_rename(src, dst):  # the new folder cannot be moved in after the old one was moved aside
+        if ".tmp-" in Path(src).name:
+            raise OSError("rename failed")
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing_rename)
+    with pytest.raises(OSError, match="rename failed"):
+        write_dir_atomically(tmp_path / "x", _writer("two"), replace=True)
+    assert (tmp_path / "x" / "f.txt").read_text() == "one"
+    assert [p.name for p in tmp_path.iterdir()] == ["x"]
+
+
+def test_build_once_keeps_an_existing_folder_and_loses_races_quietly(tmp_path):
+    calls = []
+    build_once(tmp_path / "x", lambda d: calls.append(_writer("one")(d)))
+    build_once(tmp_path / "x", lambda d: calls.append(_writer("two")(d)))
+    assert (tmp_path / "x" / "f.txt").read_text() == "one" and len(calls) == 1
+
+    def racing(d: Path) -> None:  # a concurrent builder finishes first
+        _writer("mine")(d)
+        write_dir_atomically(tmp_path / "z", _writer("winner"), replace=False)
+
+    assert build_once(tmp_path / "z", racing) == tmp_path / "z"
+    assert (tmp_path / "z" / "f.txt").read_text() == "winner"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x", "z"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")

@@ -12,7 +12,9 @@ import pytest
 from sklearn.neighbors import KNeighborsClassifier
 
 from procure.cli import main
-from procure.valuation import exact_ads, knn_ads, knn_shapley, leave_one_out
+from procure.valuation import exact_ads, knn_ads, knn_shapley, knn_utility, leave_one_out, mc_ads, permutation_budget
+from procure.valuation.hcdv import hcdv_values
+from procure.valuation.montecarlo import hoeffding_eps
 from procure.valuation.tabular import ClassifierUtility, Sources
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -167,24 +169,70 @@ def test_more_user_errors_in_process(bad_inputs, tmp_path, capsys):
         assert needle in err and len(err.strip().splitlines()) == 1
 
 
-def test_hcdv_method_is_offered_when_the_module_imports(tmp_path, monkeypatch):
-    import importlib.machinery
-    import types
-
-    from procure.valuation import cli as value_cli
-
-    fake = types.ModuleType(value_cli.HCDV_MODULE)
-    fake.__spec__ = importlib.machinery.ModuleSpec(value_cli.HCDV_MODULE, None)
-    seen = {}
-
-    def hcdv_values(x, y, x_test, y_test, k=5, seed=0):
-        seen.update(k=k, seed=seed, shape=x.shape)
-        return np.arange(len(x), dtype=float)
-
-    fake.hcdv_values = hcdv_values
-    monkeypatch.setitem(sys.modules, value_cli.HCDV_MODULE, fake)
-    assert "hcdv" in value_cli._methods()
+def test_hcdv_through_the_cli_is_the_library_on_the_same_data(tmp_path):
+    # the real HCDV (contrastive encoder, balanced tree, pooled level games, KNN leaves) behind --method hcdv
+    train = pd.read_csv(EXAMPLES / "digits_train.csv")
+    test = pd.read_csv(EXAMPLES / "digits_test.csv")
+    pix = [f"p{j}" for j in range(64)]
+    x, y, xt, yt = train[pix].to_numpy(float), train["label"], test[pix].to_numpy(float), test["label"]
     args = ["--data", str(EXAMPLES / "digits_train.csv"), "--test", str(EXAMPLES / "digits_test.csv")]
-    got = _run(tmp_path, "--method", "hcdv", *args, "--k", "4", "--seed", "3", "--features", "p0,p1,p2")
-    np.testing.assert_allclose(got["value"], np.arange(240.0))
-    assert seen == {"k": 4, "seed": 3, "shape": (240, 3)}
+    args += ["--method", "hcdv", "--groups", "group", "--k", "3", "--seed", "2"]
+    want = hcdv_values(x, y, xt, yt, k=3, seed=2)
+    got = _run(tmp_path, *args, "--id", "id")
+    assert list(got.columns) == ["id", "group", "value", "stderr"]
+    assert list(got["id"]) == list(train["id"]) and len(got) == 240  # one row per player
+    np.testing.assert_allclose(got["value"], want, atol=1e-12)
+    assert (got["stderr"] == 0).all()
+    # efficiency (Theorem 1 with an exact root surplus): the values sum to v(D) - v(empty) of the KNN utility
+    assert got["value"].sum() == pytest.approx(knn_utility(x, y, xt, yt, 3)(frozenset(range(240))), abs=1e-9)
+    # sources = contributors: one row per source, its rows' HCDV values summed
+    by_owner = _run(tmp_path, *args, "--source", "owner")
+    sums = pd.Series(want, index=train["owner"]).groupby(level=0, sort=False).sum()
+    assert list(by_owner["id"]) == list(sums.index)
+    np.testing.assert_allclose(by_owner["value"], sums.to_numpy(), atol=1e-12)
+
+
+def test_mc_path_is_estimate_with_the_flags_budget(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    train, test = _table(rng, n=9, groups=(1, 2))
+    train.to_csv(tmp_path / "train.csv", index=False)
+    test.to_csv(tmp_path / "test.csv", index=False)
+    common = ["--data", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"), "--features", "f0,f1,f2"]
+    src = Sources.build(train, None, None, "round")
+    v = ClassifierUtility(train[["f0", "f1", "f2"]], train["label"], test[["f0", "f1", "f2"]], test["label"], src)
+    groups = [[i for i, g in enumerate(src.groups_of) if g == r] for r in (1, 2)]
+    # --exact-max 0 forces Monte Carlo; --eps/--delta/--range give the Hoeffding budget of permutations
+    got = _run(tmp_path, "--method", "ads", "--groups", "round", *common, "--exact-max", "0", "--eps", "0.5")
+    m = permutation_budget(0.5, 0.05, 9, 2.0)
+    want = mc_ads(v, groups, m, seed=0)
+    np.testing.assert_allclose(got["value"], want.values, atol=1e-12)
+    np.testing.assert_allclose(got["stderr"], want.stderr, atol=1e-12)
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    bound = hoeffding_eps(m, 0.05, 9, 2.0)
+    assert f"MC-ADS, {m} permutations" in out and f"Hoeffding sup error <= {bound:.3g} w.p. 0.95" in out
+    # the same data under the default budget is exact (groups of <= 10 players)
+    got = _run(tmp_path, "--method", "ads", "--groups", "round", *common)
+    np.testing.assert_allclose(got["value"], exact_ads(v, groups), atol=1e-12)
+    assert (got["stderr"] == 0).all() and "exact ADS" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "needle"),
+    [
+        ("--permutations", "0", "--permutations must be >= 1 (got 0)"),
+        ("--eps", "0", "--eps must be a finite number > 0 (got 0.0)"),
+        ("--eps", "inf", "--eps must be a finite number > 0"),
+        ("--delta", "0", "--delta must be in (0, 1) (got 0.0)"),
+        ("--delta", "1.5", "--delta must be in (0, 1)"),
+        ("--range", "0", "--range must be a finite number > 0 (got 0.0)"),
+        ("--max-seconds", "0", "--max-seconds must be > 0"),
+        ("--exact-max", "-1", "--exact-max must be in [0, 20] (got -1)"),
+        ("--exact-max", "21", "--exact-max must be in [0, 20] (got 21)"),
+    ],
+)
+def test_bad_budget_flags_are_one_line_user_errors(bad_inputs, tmp_path, capsys, flag, value, needle):
+    argv = ["value", "--method", "ds", "--data", f"{bad_inputs}/train.csv", "--test", f"{bad_inputs}/test.csv"]
+    assert main([*argv, flag, value, "--out", str(tmp_path / "v.csv")]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "v.csv").exists()

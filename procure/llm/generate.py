@@ -1,6 +1,7 @@
-"""Generation and choice scoring for a base model plus per-call LoRA adapters, with two backends.
+"""Generation and choice scoring for a base model plus per-call LoRA adapters: the backend factory.
 
-``make_generator(model)`` returns a :class:`Generator` that is created once per run and asked for many adapters
+``make_generator(model)`` returns a :class:`~procure.llm.generator.Generator` (interface and :class:`GenParams`
+in :mod:`procure.llm.generator`, re-exported here) that is created once per run and asked for many adapters
 (one per coalition of a valuation round): ``generate(prompts, adapter, params)`` and
 ``choice_logprobs(prompts, choices, adapter)``. Prompts are *user texts*; both backends wrap them with
 :func:`procure.llm.formatting.chat_prompt`, exactly as in training.
@@ -12,84 +13,36 @@ Backends and adapter modes (measured in ``eval/bench_llm.py``, table in the READ
 - ``"vllm"``: one engine per generator; "lora" serves each adapter per request (``LoRARequest``,
   ``max_lora_rank`` = the adapter's r), "merged" pushes merged weights into the running engine's model
   (``load_weights``, as RL trainers sync policy weights into vLLM).
-``backend="auto"``/``adapter_mode="auto"`` pick the fastest measured combination for the device (:func:`auto_choice`).
+``backend="auto"``/``adapter_mode="auto"`` pick the fastest measured combination (:func:`auto_choice`).
 """
 
 from __future__ import annotations
 
 import importlib.util
-from abc import ABC, abstractmethod
-from pathlib import Path
 from typing import Literal
 
-import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
-
 from procure.errors import UserError
+from procure.llm.generator import Generator, GenParams
+
+__all__ = ["AdapterMode", "Backend", "GenParams", "Generator", "auto_choice", "make_generator", "vllm_available"]
 
 Backend = Literal["auto", "vllm", "hf"]
 AdapterMode = Literal["auto", "lora", "merged", "merge"]
 
 
-class GenParams(BaseModel):
-    """Sampling parameters; ``temperature=0`` is greedy (then the ``n`` completions are identical)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_new_tokens: int = Field(8, ge=1)
-    temperature: float = Field(0.0, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1)
-    seed: int = 0
-
-
-class Generator(ABC):
-    """A loaded base model that generates / scores for any adapter without reloading."""
-
-    backend: str = ""
-    adapter_mode: str = ""
-
-    @abstractmethod
-    def generate(
-        self, prompts: list[str], adapter: Path | None, params: GenParams, system: str | None = None
-    ) -> list[list[str]]:
-        """``params.n`` completions (text after the prompt, special tokens removed) per prompt."""
-
-    @abstractmethod
-    def choice_logprobs(
-        self, prompts: list[str], choices: list[str], adapter: Path | None, system: str | None = None
-    ) -> np.ndarray:
-        """(n_prompts, n_choices): log p(choice tokens | chat prompt), summed over the choice's tokens (nats)."""
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release the model / engine."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
 def vllm_available() -> bool:
+    """Whether the ``vllm`` package is installed (the ``cpu`` / ``cuda`` extras)."""
     return importlib.util.find_spec("vllm") is not None
 
 
-def _device_kind() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def auto_choice(device: str | None = None) -> tuple[str, str]:
-    """(backend, adapter_mode) used for ``"auto"``: the fastest combination measured by eval/bench_llm.py.
+def auto_choice() -> tuple[str, str]:
+    """(backend, adapter_mode) used for ``"auto"``, on every device: the fastest measured by eval/bench_llm.py.
 
     CPU (2 shared cores, SmolLM2-135M, 8 adapters x 64 prompts x 8 tokens, README table): vLLM with merged-weight
     pushes was fastest including its engine start (308 s in all, against 786 s for HF merged, whose OpenMP
     threads suffer most when the cores are shared, and 843 s for vLLM LoRA). GPU: the same choice (continuous
     batching and CUDA graphs; not measured here). Without vLLM installed: HF, merged.
     """
-    del device  # the same choice on CPU and CUDA today; kept so a device can get its own measurement
     if vllm_available():
         return "vllm", "merged"
     return "hf", "merged"
@@ -117,10 +70,10 @@ def make_generator(
     path = resolve_model(model_path)
     mode = "merged" if adapter_mode == "merge" else adapter_mode
     if backend not in ("auto", "vllm", "hf"):
-        raise UserError(f"generation.backend {backend!r}: use auto, vllm or hf")
+        raise UserError(f"backend {backend!r}: use auto, vllm or hf")
     if mode not in ("auto", "lora", "merged"):
-        raise UserError(f"generation.adapter_mode {adapter_mode!r}: use auto, lora or merged")
-    auto_backend, auto_mode = auto_choice(device)
+        raise UserError(f"adapter_mode {adapter_mode!r}: use auto, lora or merged")
+    auto_backend, auto_mode = auto_choice()
     if backend == "auto":
         backend = auto_backend
         mode = auto_mode if mode == "auto" else mode
@@ -129,7 +82,7 @@ def make_generator(
     if backend == "vllm":
         if not vllm_available():
             raise UserError(
-                "generation.backend 'vllm': vllm is not installed; `pip install '.[cpu]'` (CPU) or "
+                "backend 'vllm': vllm is not installed; `pip install '.[cpu]'` (CPU) or "
                 "`pip install '.[cuda]'` (GPU), or use backend: hf"
             )
         from procure.llm.vllm_backend import VLLMGenerator

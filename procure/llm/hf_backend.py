@@ -10,19 +10,7 @@ import numpy as np
 
 from procure.errors import UserError
 from procure.llm.formatting import prompt_ids
-from procure.llm.generate import Generator, GenParams
-
-
-def adapter_key(adapter: Path | None) -> tuple[str, int] | None:
-    """Identity of an adapter version: its resolved folder and the weights file's mtime (a retrained folder
-    is a new adapter)."""
-    if adapter is None:
-        return None
-    p = Path(adapter).resolve()
-    f = p / "adapter_model.safetensors"
-    if not f.is_file():
-        raise UserError(f"adapter {adapter}: no adapter_model.safetensors; give a LoRA folder saved by the trainer")
-    return str(p), f.stat().st_mtime_ns
+from procure.llm.generator import Generator, GenParams, adapter_key, check_adapter_mode, choice_pairs
 
 
 class HFGenerator(Generator):
@@ -45,9 +33,7 @@ class HFGenerator(Generator):
 
         from procure.llm.models import load_model, load_tokenizer
 
-        if adapter_mode not in ("merged", "lora"):
-            raise UserError(f"adapter_mode {adapter_mode!r}: use merged or lora")
-        self.adapter_mode = adapter_mode
+        self.adapter_mode = check_adapter_mode(adapter_mode)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = load_tokenizer(model_path)
         self.model = load_model(model_path, dtype=dtype, device=self.device)
@@ -154,12 +140,7 @@ class HFGenerator(Generator):
         self, prompts: list[str], choices: list[str], adapter: Path | None, system: str | None = None
     ) -> np.ndarray:
         torch, tok = self._torch, self.tokenizer
-        if not choices:
-            raise UserError("choice_logprobs: no choices given")
-        cids = [tok(c, add_special_tokens=False)["input_ids"] for c in choices]
-        if any(len(c) == 0 for c in cids):
-            raise UserError("choice_logprobs: a choice is empty after tokenisation")
-        pairs = [(i, j, prompt_ids(tok, p, system)) for i, p in enumerate(prompts) for j in range(len(choices))]
+        cids, pairs = choice_pairs(tok, prompts, choices, system)
         out = np.zeros((len(prompts), len(choices)))
         with self._using(adapter) as model, torch.inference_mode():
             for s in range(0, len(pairs), self.batch_size):

@@ -25,6 +25,14 @@ def adapter_config(adapter_dir: str | Path) -> dict:
     return json.loads(p.read_text())
 
 
+def adapter_weights_file(adapter_dir: str | Path) -> Path:
+    """The adapter's ``adapter_model.safetensors`` (``UserError`` if the folder has none)."""
+    p = Path(adapter_dir) / "adapter_model.safetensors"
+    if not p.is_file():
+        raise UserError(f"adapter {adapter_dir}: no adapter_model.safetensors; give a LoRA folder saved by the trainer")
+    return p
+
+
 def adapter_rank(adapter_dir: str | Path) -> int:
     """The LoRA rank r (largest of ``rank_pattern`` if set)."""
     cfg = adapter_config(adapter_dir)
@@ -43,10 +51,7 @@ def lora_deltas(adapter_dir: str | Path) -> dict:
         raise UserError(
             f"adapter {adapter_dir}: modules_to_save / rank_pattern are not supported; use adapter_mode=lora"
         )
-    path = Path(adapter_dir) / "adapter_model.safetensors"
-    if not path.is_file():
-        raise UserError(f"adapter {adapter_dir}: no adapter_model.safetensors")
-    tensors = load_file(str(path))
+    tensors = load_file(str(adapter_weights_file(adapter_dir)))
     r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
     scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
     out = {}

@@ -17,17 +17,15 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from procure.cache import write_dir_atomically
 from procure.errors import UserError
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -68,30 +66,6 @@ class StageResult:
     final_loss: float  # mean micro-batch loss over the last epoch (nats per answer token)
     steps: int = 0  # optimizer steps
     losses: list[float] = field(default_factory=list)  # per micro-batch, in order
-
-
-def atomic_save(save: Callable[[Path], None], out_dir: Path) -> Path:
-    """Write a folder atomically: ``save(tmp)`` fills a sibling temp folder which is then renamed to ``out_dir``.
-
-    An existing ``out_dir`` is replaced only after the new one is complete; a crash leaves the old folder (or
-    none) and no temp folder.
-    """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    old: Path | None = None
-    try:
-        save(tmp)
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.rename(out_dir, old / "x")
-        os.rename(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    return out_dir
 
 
 class StageTrainer:
@@ -166,7 +140,7 @@ class StageTrainer:
         try:
             return get_peft_model(self.base, lcfg)
         except ValueError as exc:
-            raise UserError(f"training.target_modules {cfg.target_modules}: {str(exc).splitlines()[0]}") from None
+            raise UserError(f"target_modules {cfg.target_modules}: {str(exc).splitlines()[0]}") from None
 
     def _optimizer(self, params):
         cfg = self.cfg
@@ -190,7 +164,7 @@ class StageTrainer:
         from procure.llm.loss import batch_loss
 
         if len(examples) == 0:
-            raise UserError("training: no examples to train on (the stage's dataset is empty)")
+            raise UserError("no examples to train on (the stage's dataset is empty)")
         cfg, acc = self.cfg, self.accelerator
         t0 = time.perf_counter()
         rows = self.encode(examples)
@@ -268,11 +242,9 @@ class StageTrainer:
                 (tmp / "procure_stage.json").write_text(json.dumps(meta, indent=1))
 
             out_dir = Path(out_dir)
-            if self.local:
-                atomic_save(save, out_dir)
-            else:
-                if acc.is_main_process:
-                    atomic_save(save, out_dir)
+            if self.local or acc.is_main_process:
+                write_dir_atomically(out_dir, save, replace=True)
+            if not self.local:
                 acc.wait_for_everyone()
         finally:
             self._unwrap(model)

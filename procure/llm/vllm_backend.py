@@ -23,8 +23,7 @@ import numpy as np
 
 from procure.errors import UserError
 from procure.llm.formatting import prompt_ids
-from procure.llm.generate import Generator, GenParams
-from procure.llm.hf_backend import adapter_key
+from procure.llm.generator import Generator, GenParams, adapter_key, check_adapter_mode, choice_pairs
 
 _RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -79,8 +78,7 @@ class VLLMGenerator(Generator):
         seed: int = 0,
         **engine_kwargs,
     ):
-        if adapter_mode not in ("merged", "lora"):
-            raise UserError(f"adapter_mode {adapter_mode!r}: use merged or lora")
+        check_adapter_mode(adapter_mode)
         if in_process:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
@@ -191,14 +189,8 @@ class VLLMGenerator(Generator):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        if not choices:
-            raise UserError("choice_logprobs: no choices given")
-        tok = self.tokenizer
-        cids = [tok(c, add_special_tokens=False)["input_ids"] for c in choices]
-        if any(len(c) == 0 for c in cids):
-            raise UserError("choice_logprobs: a choice is empty after tokenisation")
+        cids, pairs = choice_pairs(self.tokenizer, prompts, choices, system)
         lora = self._switch(adapter)
-        pairs = [(i, j, prompt_ids(tok, p, system)) for i, p in enumerate(prompts) for j in range(len(choices))]
         out = np.zeros((len(prompts), len(choices)))
         if self.adapter_mode == "merged":
             reqs = [TokensPrompt(prompt_token_ids=p + cids[j]) for _, j, p in pairs]

@@ -128,6 +128,15 @@ def _validate(values: np.ndarray, prices: np.ndarray, budget: float) -> None:
         raise UserError("prices: must be non-negative numbers")
 
 
+def _inputs(values, prices, budget: float, mapping, items: list[int] | None) -> tuple:
+    """Checked float arrays of values and prices, the mapping (default linear) and the item list (default all)."""
+    values = np.asarray(values, dtype=float)
+    prices = np.asarray(prices, dtype=float)
+    _validate(values, prices, float(budget))
+    items = list(range(values.size)) if items is None else list(items)
+    return values, prices, mapping or Linear(), items
+
+
 class _TableUtility:
     """u(S) for every bundle S of ``items``, by enumeration (any mapping or a bundle_utility callable)."""
 
@@ -175,11 +184,7 @@ def brute_force_buyer(
     items: list[int] | None = None,
 ) -> BuyerChoice:
     """The buyer's problem by enumerating every bundle of ``items`` (default: all); the reference solver."""
-    values = np.asarray(values, dtype=float)
-    prices = np.asarray(prices, dtype=float)
-    _validate(values, prices, float(budget))
-    mapping = mapping or Linear()
-    items = list(range(values.size)) if items is None else list(items)
+    values, prices, mapping, items = _inputs(values, prices, budget, mapping, items)
     tab = _TableUtility(values, mapping, bundle_utility, items)
     cost = tab.sub @ prices[items] if items else np.zeros(1)
     net = tab.u - cost
@@ -203,11 +208,7 @@ def solve_buyer(
 
     solver: "auto" (enumeration for small n or non-affine utilities, else branch and bound),
     "enumeration" or "branch_and_bound"."""
-    values = np.asarray(values, dtype=float)
-    prices = np.asarray(prices, dtype=float)
-    _validate(values, prices, float(budget))
-    mapping = mapping or Linear()
-    items = list(range(values.size)) if items is None else list(items)
+    values, prices, mapping, items = _inputs(values, prices, budget, mapping, items)
     aff = mapping.affine() if bundle_utility is None else None
     if solver == "enumeration" or aff is None or (solver == "auto" and len(items) <= ENUM_AUTO):
         return brute_force_buyer(values, prices, budget, mapping, bundle_utility, items)
@@ -307,27 +308,6 @@ def max_willingness_to_pay(
         else:
             hi = q
     return lo, tuple(sorted(base + [int(i_pos[k]) for k in lo_pick] + [j]))
-
-
-def brute_force_mwp(j, values, prices, budget, prior, mapping=None, bundle_utility=None) -> float:
-    """Reference MWP: the supremum price at which the enumerated buyer problem over prior + j buys j,
-    found from the definition (u(x+e_j) - x.p - p_j >= g*, x.p + p_j <= b) bundle by bundle."""
-    values = np.asarray(values, dtype=float)
-    prices = np.asarray(prices, dtype=float)
-    mapping = mapping or Linear()
-    prior = [i for i in prior if i != j]
-    g_star = max(brute_force_buyer(values, prices, budget, mapping, bundle_utility, prior).net, 0.0)
-    best = -np.inf
-    for r in range(2 ** len(prior)):
-        x = [prior[k] for k in range(len(prior)) if (r >> k) & 1]
-        s = frozenset(x + [j])
-        if bundle_utility is None:
-            u = mapping(float(np.sum(values[list(s)])))
-        else:
-            u = mapping(bundle_utility(s))
-        px = float(np.sum(prices[x])) if x else 0.0
-        best = max(best, min(u - px - g_star, budget - px))
-    return float(best)
 
 
 def will_buy(

@@ -32,8 +32,18 @@ def sum_rounds(per_round: Iterable[Mapping[Hashable, float]]) -> dict[Hashable, 
     return out
 
 
+def per_dataset(values: Sequence[float] | np.ndarray, groups: Sequence[Sequence[int]]) -> np.ndarray:
+    """Dataset (seller, group) values = sums of their members' values, shape ``(len(groups),)`` float64:
+    ``groups[j]`` lists the ids (sample or player) of dataset ``j``; an empty one sums to 0. ``values`` may be a
+    torch tensor (per-sample influence scores); nothing is checked about how the groups cover the ids."""
+    if hasattr(values, "detach"):  # a torch tensor, without importing torch here
+        values = values.detach().cpu().numpy()
+    v = np.asarray(values, dtype=np.float64)
+    return np.array([float(v[list(g)].sum()) if len(g) else 0.0 for g in groups], dtype=np.float64)
+
+
 def group_totals(values: Sequence[float] | np.ndarray, groups: Groups) -> np.ndarray:
-    """``sum_{z in D_t} phi(z)`` per group, shape ``(T,)``; for ADS these equal ``v(U_t) - v(U_{t-1})``
-    (Prop. 4.2), which makes them an efficiency check."""
+    """``sum_{z in D_t} phi(z)`` per group of the ordered partition ``groups`` (checked), shape ``(T,)``; for ADS
+    these equal ``v(U_t) - v(U_{t-1})`` (Prop. 4.2), which makes them an efficiency check."""
     vals = np.asarray(values, dtype=float)
-    return np.array([vals[g].sum() for g in validate_groups(groups, len(vals))])
+    return per_dataset(vals, validate_groups(groups, len(vals)))

@@ -9,35 +9,45 @@ Example (bundled data, see examples/README.md)::
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from procure.errors import UserError
+from procure.valuation.estimate import GAME_METHODS, TABULAR_METHODS, Budget, BudgetError, TabularData, estimate
 
-METHODS = ["ads", "ds", "loo", "knn-shapley", "knn-ads"]
-HCDV_MODULE = "procure.valuation.hcdv"
-
-
-def _methods() -> list[str]:
-    try:
-        has_hcdv = importlib.util.find_spec(HCDV_MODULE) is not None
-    except (ImportError, ValueError):
-        has_hcdv = False
-    return [*METHODS, "hcdv"] if has_hcdv else list(METHODS)
+METHODS = [*GAME_METHODS, *TABULAR_METHODS]
+#: the flag of each Budget field
+BUDGET_FLAGS = {
+    "exact_max": "--exact-max",
+    "permutations": "--permutations",
+    "eps": "--eps",
+    "delta": "--delta",
+    "r": "--range",
+    "max_seconds": "--max-seconds",
+}
+#: the flag of each argument that procure.valuation.tabular names at the start of its errors
+TABLE_FLAGS = {
+    "features": "--features",
+    "embedding": "--embedding",
+    "groups": "--groups",
+    "order": "--group-order",
+    "source": "--source",
+    "model": "--utility",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "value",
-        help="value the rows (or sources) of a table: ADS, DS, LOO, KNN-Shapley, KNN-ADS",
+        help="value the rows (or sources) of a table: ADS, DS, LOO, KNN-Shapley, KNN-ADS, HCDV",
         description="Data values of a table's rows or sources, written as CSV (id, group, value, stderr).",
     )
-    p.add_argument("--method", required=True, choices=_methods(), help="valuation method")
+    p.add_argument("--method", required=True, choices=METHODS, help="valuation method")
     p.add_argument("--data", required=True, help="training table: .csv, .parquet or a saved HF dataset folder")
     p.add_argument("--groups", default=None, help="column with the ordered group (round) of each row (ads, knn-ads)")
     p.add_argument("--group-order", default=None, help="comma-separated group labels in sigma order")
@@ -57,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eps", type=float, default=None, help="MC: sup-norm error target (with --delta, --range)")
     p.add_argument("--delta", type=float, default=0.05, help="MC: failure probability (default 0.05)")
     p.add_argument("--range", dest="r", type=float, default=2.0, help="MC: marginal range width r (accuracy: 2)")
-    p.add_argument("--exact-max", type=int, default=10, help="exact enumeration when every group has <= this")
+    p.add_argument("--exact-max", type=int, default=10, help="exact when every group has <= this (0: always MC)")
     p.add_argument("--max-seconds", type=float, default=None, help="MC: stop after this wall time")
     p.add_argument("--seed", type=int, default=0, help="seed of the test split and of MC sampling")
     p.add_argument("--out", default="values.csv", help="output CSV (default values.csv)")
@@ -70,6 +80,26 @@ def _split_list(s: str | None) -> list[str] | None:
     return [x.strip() for x in s.split(",") if x.strip()] if s else None
 
 
+@contextmanager
+def _flags(**names: str) -> Iterator[None]:
+    """Name the flag in a library ``UserError`` that starts with the argument at fault (``features: ...``)."""
+    try:
+        yield
+    except UserError as exc:
+        msg = str(exc)
+        for name, flag in names.items():
+            if msg.startswith((f"{name}:", f"{name} ")):
+                raise UserError(flag + msg[len(name) :]) from None
+        raise
+
+
+def _budget(args: argparse.Namespace) -> Budget:
+    try:
+        return Budget(**{field: getattr(args, field) for field in BUDGET_FLAGS})  # argparse dests = fields
+    except BudgetError as exc:
+        raise UserError(f"{BUDGET_FLAGS[exc.field]} {exc.rule} (got {exc.value})") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from procure.valuation.tabular import Sources, feature_matrix, load_table, ordered_groups, require_columns
 
@@ -77,13 +107,16 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--k must be >= 1 (got {args.k})")
     if args.method in ("ads", "knn-ads") and not args.groups:
         raise UserError(f"--method {args.method} needs --groups COLUMN (the ordered group of each row)")
-    df = load_table(args.data, args.split)
+    budget = _budget(args)
+    with _flags(path="--data", split="--split"):
+        df = load_table(args.data, args.split)
     cols = [args.label, args.groups, args.id_col, args.source, args.owner]
     require_columns(df, cols, "--data")
     if df[args.label].isna().any():
         raise UserError(f"--label '{args.label}': {int(df[args.label].isna().sum())} rows have no label")
     if args.test:
-        test = load_table(args.test, args.test_split or "test")
+        with _flags(path="--test", split="--test-split"):
+            test = load_table(args.test, args.test_split or "test")
         require_columns(test, [args.label], "--test")
         train = df.reset_index(drop=True)
     else:
@@ -91,20 +124,20 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--test-size must be in (0, 1) (got {args.test_size}), or give --test FILE")
         train, test = _split(df, args.label, args.test_size, args.seed)
     exclude = cols
-    x, feats = feature_matrix(train, _split_list(args.features), args.embedding, exclude, also_in=test)
-    if args.embedding is None:
-        require_columns(test, feats, "--test")
-    x_test, _ = feature_matrix(test, feats if args.embedding is None else None, args.embedding, exclude)
-    y, y_test = train[args.label].to_numpy(), test[args.label].to_numpy()
-
-    order = ordered_groups(train[args.groups], _split_list(args.group_order)) if args.groups else [None]
-    src = Sources.build(train, args.source, args.id_col, args.groups)
+    with _flags(**TABLE_FLAGS):
+        x, feats = feature_matrix(train, _split_list(args.features), args.embedding, exclude, also_in=test)
+        if args.embedding is None:
+            require_columns(test, feats, "--test")
+        x_test, _ = feature_matrix(test, feats if args.embedding is None else None, args.embedding, exclude)
+        y, y_test = train[args.label].to_numpy(), test[args.label].to_numpy()
+        order = ordered_groups(train[args.groups], _split_list(args.group_order)) if args.groups else [None]
+        src = Sources.build(train, args.source, args.id_col, args.groups)
     rank = {g: t for t, g in enumerate(order)}
     groups = [[i for i, g in enumerate(src.groups_of) if rank[g] == t] for t in range(len(order))]
     if any(not g for g in groups):  # only reachable when the split emptied a group
         raise UserError(f"--groups: group '{order[[len(g) for g in groups].index(0)]}' has no training rows left")
 
-    values, stderr, note = _values(args, x, y, x_test, y_test, src, groups)
+    values, stderr, note = _values(args, budget, x, y, x_test, y_test, src, groups)
     table = pd.DataFrame({"id": src.ids, "group": src.groups_of, "value": values, "stderr": stderr})
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -129,53 +162,37 @@ def _split(df: pd.DataFrame, label: str, size: float, seed: int) -> tuple[pd.Dat
     return tr.reset_index(drop=True), te.reset_index(drop=True)
 
 
-def _values(args, x, y, x_test, y_test, src, groups) -> tuple[np.ndarray, np.ndarray, str]:
-    from procure.valuation import exact_ads, leave_one_out, mc_ads
-    from procure.valuation.knn import instance_to_source, knn_ads, knn_shapley
-    from procure.valuation.montecarlo import TimeLimit, permutation_budget
+def _values(args, budget: Budget, x, y, x_test, y_test, src, groups) -> tuple[np.ndarray, np.ndarray, str]:
+    """Values and standard errors of the sources (players) by ``procure.valuation.estimate``, and a note on how
+    they were computed. Data methods value the rows and sum them per source; game methods value the sources
+    through a classifier-accuracy utility (``loo`` is classical leave-one-out: one group of all sources)."""
+    from procure.valuation.knn import instance_to_source
     from procure.valuation.tabular import ClassifierUtility
 
     n = len(src.ids)
     progress = sys.stderr.isatty()
-    source_of = np.empty(len(x), dtype=np.int64)
-    for i, rows in enumerate(src.rows):
-        source_of[rows] = i
-    zeros = np.zeros(n)
-    if args.method in ("knn-shapley", "knn-ads", "hcdv"):
-        if args.method == "knn-shapley":
-            inst = knn_shapley(x, y, x_test, y_test, args.k, progress=progress)
-        elif args.method == "knn-ads":
-            inst_groups = [np.flatnonzero(np.isin(source_of, g)).tolist() for g in groups]
-            inst = knn_ads(x, y, inst_groups, x_test, y_test, args.k, progress=progress)
-        else:
-            try:
-                hcdv = importlib.import_module(HCDV_MODULE)
-            except ImportError as exc:
-                raise UserError(f"--method hcdv: {HCDV_MODULE} does not import ({exc})") from None
-            inst = np.asarray(hcdv.hcdv_values(x, y, x_test, y_test, k=args.k, seed=args.seed), dtype=float)
-        return instance_to_source(inst, source_of, n), zeros, f"{args.method}, K={args.k}, instance values summed"
+    if args.method in TABULAR_METHODS:
+        source_of = np.empty(len(x), dtype=np.int64)
+        for i, rows in enumerate(src.rows):
+            source_of[rows] = i
+        row_groups = [np.flatnonzero(np.isin(source_of, g)).tolist() for g in groups]
+        data = TabularData(x, y, x_test, y_test, k=args.k)
+        val = estimate(args.method, data, row_groups, budget, seed=args.seed, progress=progress)
+        return instance_to_source(val.values, source_of, n), np.zeros(n), f"{val.note}, instance values summed"
 
-    v = ClassifierUtility(x, y, x_test, y_test, src, model=args.utility, k=args.k, seed=args.seed)
+    with _flags(**TABLE_FLAGS):
+        v = ClassifierUtility(x, y, x_test, y_test, src, model=args.utility, k=args.k, seed=args.seed)
     what = f"utility = {args.utility} accuracy" + (f" (K={args.k})" if args.utility == "knn" else "")
-    if args.method == "loo":
-        return leave_one_out(v, n), zeros, f"leave-one-out, {what}"
-    sigma = groups if args.method == "ads" else [list(range(n))]
-    if max(len(g) for g in sigma) <= args.exact_max:
-        return exact_ads(v, sigma, progress=progress), zeros, f"exact {args.method.upper()}, {what}"
-    if args.eps is not None:
-        perms = permutation_budget(args.eps, args.delta, n, args.r)
-    else:
-        perms = args.permutations or 200
-    if perms < 1:
-        raise UserError(f"--permutations must be >= 1 (got {perms})")
-    stop = TimeLimit(args.max_seconds) if args.max_seconds else None
-    res = mc_ads(v, sigma, perms, seed=args.seed, stopping=stop, progress=progress)
-    bound = res.eps_bound(args.delta, args.r)
+    sigma = [list(range(n))] if args.method == "loo" else groups
+    val = estimate(args.method, v, sigma, budget, seed=args.seed, progress=progress)
+    if val.exact:
+        return val.values, val.stderr, f"{val.note}, {what}"
+    bound = val.eps_bound(budget.delta, budget.r)
     note = (
-        f"MC-{args.method.upper()}, {res.n_permutations} permutations, {res.n_calls} utility calls, {what}; "
-        f"Hoeffding sup error <= {bound:.3g} w.p. {1 - args.delta:g} (r={args.r:g})"
+        f"{val.note}, {val.n_calls} utility calls, {what}; "
+        f"Hoeffding sup error <= {bound:.3g} w.p. {1 - budget.delta:g} (r={budget.r:g})"
     )
-    return res.values, res.stderr, note
+    return val.values, val.stderr, note
 
 
 def _show(table: pd.DataFrame, args, note: str, out: Path) -> None:

@@ -36,6 +36,7 @@ from scipy.sparse import csr_matrix, hstack, vstack
 from tqdm.auto import tqdm
 
 from procure.valuation.games import Utility, cached
+from procure.valuation.montecarlo import prefix_marginals
 
 
 def cs_num_measurements(k: int, n: int, delta: float, c: float = 1.0) -> int:
@@ -137,15 +138,7 @@ def compressive_shapley(
     total = v(frozenset(range(n))) - empty
     phis = np.empty((n_permutations, n))
     for t in tqdm(range(n_permutations), desc="permutations", disable=not progress, leave=False):
-        members: set[int] = set()
-        mask = 0
-        prev = empty
-        for i in rng.permutation(n):
-            members.add(int(i))
-            mask |= 1 << int(i)
-            cur = v.value(mask, members)
-            phis[t, i] = cur - prev
-            prev = cur
+        prefix_marginals(v, rng.permutation(n).tolist(), phis[t], empty)
     proj = phis @ a.T  # (T, M): y_hat_{m,t}
     y_bar = proj.mean(axis=0)
     se = proj.std(axis=0, ddof=1) / math.sqrt(n_permutations) if n_permutations > 1 else np.zeros(n_measurements)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from procure.valuation.exact import exact_ads
+from procure.valuation.exact import MAX_EXACT_GROUP, exact_ads
 from procure.valuation.games import Groups, Utility, cached, validate_groups
 from procure.valuation.knn import knn_ads, knn_shapley
 from procure.valuation.loo import within_group_loo
@@ -39,11 +39,12 @@ DEFAULT_PERMUTATIONS = 200
 
 
 class BudgetError(ValueError):
-    """A :class:`Budget` field out of range; ``field`` names it (callers translate it into their own terms)."""
+    """A :class:`Budget` field out of range: ``field`` names it, ``rule`` says what it must be and ``value`` is
+    what it got (callers that take the budget from elsewhere name the field in their own terms)."""
 
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
+    def __init__(self, field: str, rule: str, value: Any):
+        super().__init__(f"Budget.{field} {rule} (got {value!r})")
+        self.field, self.rule, self.value = field, rule, value
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class Budget:
 
     def __post_init__(self) -> None:
         checks = {
-            "exact_max": (self.exact_max >= 0, "must be >= 0"),
+            "exact_max": (0 <= self.exact_max <= MAX_EXACT_GROUP, f"must be in [0, {MAX_EXACT_GROUP}]"),
             "permutations": (self.permutations is None or self.permutations >= 1, "must be >= 1"),
             "eps": (self.eps is None or 0 < self.eps < math.inf, "must be a finite number > 0"),
             "delta": (0 < self.delta < 1, "must be in (0, 1)"),
@@ -75,7 +76,7 @@ class Budget:
         }
         for name, (ok, rule) in checks.items():
             if not ok:
-                raise BudgetError(name, f"Budget.{name} {rule} (got {getattr(self, name)!r})")
+                raise BudgetError(name, rule, getattr(self, name))
 
     def n_permutations(self, n: int) -> int:
         """The MC permutation count for ``n`` players under this budget (at least 1)."""
@@ -223,7 +224,8 @@ def _tabular(method: str, d: TabularData, groups: Groups | None, seed: int, prog
 
 
 def _samples(method: str, source: Any, seed: int) -> Valuation:
-    from procure.valuation import influence  # torch: imported only when a per-sample method runs
+    # torch: imported only when a per-sample method runs
+    from procure.valuation.influence import constant_values, datainf, grad_ip, random_values
 
     if method == "bm25":
         from procure.valuation.bm25 import bm25_values
@@ -232,13 +234,13 @@ def _samples(method: str, source: Any, seed: int) -> Valuation:
         values = bm25_values(list(d.texts), list(d.reference))
     elif method in ("infl_ip", "datainf"):
         d = _as(method, source, GradData)
-        fn = influence.grad_ip if method == "infl_ip" else influence.datainf
+        fn = grad_ip if method == "infl_ip" else datainf
         values = fn(d.grads, d.val_grad)
     else:
         if not isinstance(source, int | np.integer):
             raise TypeError(f"method {method!r} takes the number of rows (an int), got {type(source).__name__}")
         n = int(source)
-        values = influence.constant_values(n) if method == "constant" else influence.random_values(n, seed=seed)
+        values = constant_values(n) if method == "constant" else random_values(n, seed=seed)
     values = np.asarray(values.numpy() if hasattr(values, "numpy") else values, dtype=np.float64)
     return Valuation(values, np.zeros(len(values)), method, method, True, note=method)
 

@@ -43,18 +43,17 @@ from scipy.optimize import linprog
 from tqdm.auto import tqdm
 
 from procure.valuation.games import Utility, cached
+from procure.valuation.sampling import num_permutations
 
 # ---------------------------------------------------------------------------------------------------------------
 # Sample-count formulas
 
 
-def num_permutations_l2(eps: float, delta: float, n: int, r: float) -> int:
-    """Permutation-sampling budget for an (eps, delta)-approximation in l2 (seeds/002 Section 4.1, Maleki et al.):
-    ``m = ceil((2 r^2 N / eps^2) log(2 N / delta))`` permutations, i.e. ``N m`` utility evaluations without
-    incremental training. ``r`` = range of the utility (utility units). Golden (notes/002): ``N = 10``,
-    ``eps = delta = 0.1``, ``r = 1`` gives 10,597."""
-    _check_eps_delta(eps, delta, n, r)
-    return math.ceil(2.0 * r * r * n / (eps * eps) * math.log(2.0 * n / delta))
+#: the permutation-sampling budget for an (eps, delta)-approximation in l2 (seeds/002 Section 4.1, Maleki et al.),
+#: ``ceil((2 r^2 N / eps^2) log(2 N / delta))``, kept next to :func:`gt_num_tests` for comparison; it is
+#: :func:`procure.valuation.sampling.num_permutations` (golden, notes/002: ``N = 10``, ``eps = delta = 0.1``,
+#: ``r = 1`` gives 10,597)
+num_permutations_l2 = num_permutations
 
 
 def gt_constants(n: int) -> tuple[float, np.ndarray]:

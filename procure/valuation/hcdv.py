@@ -67,7 +67,7 @@ from scipy.spatial.distance import cdist
 from procure.errors import UserError, format_validation_error
 from procure.valuation.exact import exact_shapley
 from procure.valuation.games import CachedUtility
-from procure.valuation.montecarlo import mc_ads
+from procure.valuation.montecarlo import MaxPermutations, mc_ads, permutation_means
 
 # ---------------------------------------------------------------------------------------------------------------
 # Configuration
@@ -410,9 +410,11 @@ class _Game:
             base += self.lam * dispersion_from_class_sums(s[1], s[2])
         return base
 
-    def coalition_utility(self, parts: Sequence[tuple]) -> CachedUtility:
-        """Utility over player ids ``0..len(parts)-1`` (memoised)."""
-        return CachedUtility(lambda s: self.value(self.merge([parts[i] for i in sorted(s)])))
+    def coalition_utility(self, parts: Sequence[tuple], context: tuple | None = None) -> CachedUtility:
+        """Utility over player ids ``0..len(parts)-1`` (memoised): the value of the merged summaries of the
+        players, plus the summary ``context`` (points always present) when given."""
+        base = [] if context is None else [context]
+        return CachedUtility(lambda s: self.value(self.merge([*base, *[parts[i] for i in sorted(s)]])))
 
 
 def _logreg_metric(x, y, x_test, y_test) -> Callable[[np.ndarray], float]:
@@ -486,21 +488,24 @@ def _child_seed(ss: np.random.SeedSequence) -> int:
 
 def pooled_shapley(game: _Game, parts: Sequence[tuple], n_permutations: int, seed: int) -> tuple[np.ndarray, int]:
     """Eq. 13 over ALL ``K_l`` coalitions of a depth (A3, "players are the K_l coalitions"): mean marginal over
-    ``T`` uniform permutations, the prefix summary updated incrementally (``K_l + 1`` evaluations per
-    permutation). Returns the estimates and the number of evaluations."""
-    rng = np.random.default_rng(seed)
+    ``T`` uniform permutations, drawn and averaged by MC-ADS's loop (``montecarlo.permutation_means``), with the
+    prefix summary updated incrementally (``K_l + 1`` evaluations per permutation, no memo: the prefixes of long
+    permutations rarely repeat). Returns the estimates and the number of evaluations."""
     m = len(parts)
-    total = np.zeros(m)
     empty = game.merge([])
     v0 = game.value(empty)
-    for _ in range(n_permutations):
+
+    def marginals(perm: list[int], x: np.ndarray) -> None:
         state, prev = empty, v0
-        for j in rng.permutation(m):
+        for j in perm:
             state = game.merge([state, parts[j]])
             cur = game.value(state)
-            total[j] += cur - prev
+            x[j] = cur - prev
             prev = cur
-    return total / n_permutations, n_permutations * m + 1
+
+    rule = MaxPermutations(n_permutations)
+    run = permutation_means([list(range(m))], marginals, rule, np.random.default_rng(seed), desc="HCDV level game")
+    return run.mean, n_permutations * m + 1
 
 
 @dataclass
@@ -611,11 +616,7 @@ def _leaf_values(game: _Game, node: Node, method: str, knn_ok: bool, cfg: HCDVCo
         if method == "exact" and m > 14:
             raise UserError(f"hcdv: leaf_method='exact' with a leaf of {m} points; lower leaf_size or use 'mc'")
         parts = [game.summary(mem[j : j + 1]) for j in range(m)]
-        if in_context and len(rest):
-            context = game.summary(rest)
-            util = CachedUtility(lambda s: game.value(game.merge([context, *[parts[i] for i in sorted(s)]])))
-        else:
-            util = game.coalition_utility(parts)
+        util = game.coalition_utility(parts, game.summary(rest) if in_context and len(rest) else None)
         if method == "exact":
             est = exact_shapley(util, m)
         else:
@@ -631,7 +632,7 @@ def knn_leaf_in_context(game: _Game, data: tuple, rest: np.ndarray, members: np.
     than the K-th nearest rest point contributes 0 to every leaf value, so only the other rows are passed; and
     only the ``K`` nearest rest points of those rows can matter, so the rest is reduced to their union (ids in
     increasing order, so the ``(distance, id)`` tie order is unchanged)."""
-    from procure.valuation import knn_ads
+    from procure.valuation.knn import knn_ads
 
     x, y, x_test, y_test = data
     near = np.sort(game.rank[:, rest], axis=1)[:, : game.k]

@@ -14,13 +14,14 @@ validation loss. Units: validation loss per unit learning rate (Infl_IP) or per 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
 import torch
 
 from procure.errors import UserError
+from procure.valuation.aggregate import per_dataset as per_dataset  # re-exported: per-seller sums
 
 _LORA = re.compile(r"^(?P<layer>.*)\.lora_(?P<kind>[AB])(?:\..*)?$")
 
@@ -147,12 +148,6 @@ def constant_values(n: int) -> np.ndarray:
 def random_values(n: int, seed: int = 0) -> np.ndarray:
     """Random baseline of seeds/004: values drawn i.i.d. uniformly from [0, 1) with ``default_rng(seed)``."""
     return np.random.default_rng(seed).uniform(0.0, 1.0, n)
-
-
-def per_dataset(values: Sequence[float] | np.ndarray | torch.Tensor, groups: Sequence[Sequence[int]]) -> np.ndarray:
-    """Dataset (seller) values = sums of their samples' values; ``groups[j]`` lists the sample ids of dataset j."""
-    v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, dtype=np.float64)
-    return np.array([float(v[list(g)].sum()) if len(g) else 0.0 for g in groups], dtype=np.float64)
 
 
 def datainf_loop(

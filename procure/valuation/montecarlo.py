@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -166,6 +167,84 @@ def ordered_permutation(groups: list[list[int]], rng: np.random.Generator) -> li
     return out
 
 
+def prefix_marginals(
+    v: CachedUtility,
+    perm: Sequence[int],
+    x: np.ndarray,
+    empty_value: float,
+    *,
+    truncation: float | None = None,
+    full_value: float = 0.0,
+) -> int:
+    """Write ``x[z] = v(pi^{<z} ∪ {z}) - v(pi^{<z})`` for every player of the permutation ``perm`` (each prefix
+    evaluated once, by bitmask, through ``v``); ``empty_value = v(∅)``. With ``truncation=tau`` (TMC), once
+    ``|full_value - v(prefix)| <= tau * |full_value|`` the remaining players get 0 unevaluated. Returns the number
+    of players so truncated."""
+    members: set[int] = set()
+    mask = 0
+    prev = empty_value
+    for k, z in enumerate(perm):
+        if truncation is not None and abs(full_value - prev) <= truncation * abs(full_value):
+            x[list(perm[k:])] = 0.0
+            return len(perm) - k
+        members.add(z)
+        mask |= 1 << z
+        cur = v.value(mask, members)
+        x[z] = cur - prev
+        prev = cur
+    return 0
+
+
+@dataclass
+class PermutationMeans:
+    """Output of :func:`permutation_means`: per-player ``mean`` and ``stderr`` (NaN below 2 permutations) of the
+    marginals, ``n_permutations`` drawn, wall time ``elapsed`` and the ``stop_reason``."""
+
+    mean: np.ndarray
+    stderr: np.ndarray
+    n_permutations: int
+    elapsed: float
+    stop_reason: str
+
+
+def permutation_means(
+    groups: list[list[int]],
+    marginals: Callable[[list[int], np.ndarray], object],
+    rule: StoppingRule,
+    rng: np.random.Generator,
+    *,
+    progress: bool = False,
+    desc: str = "MC-ADS permutations",
+) -> PermutationMeans:
+    """The permutation-sampling loop shared by every Monte Carlo Shapley estimator here: draw ordered
+    permutations of ``groups`` (:func:`ordered_permutation`, one draw from ``rng`` per permutation), let
+    ``marginals(perm, x)`` write each player's marginal contribution in that permutation into ``x`` (the caller
+    decides how prefixes are evaluated: memoised coalitions in :func:`mc_ads`, merged summaries in HCDV), and
+    keep Welford running means and standard errors until ``rule`` says stop."""
+    n = sum(len(g) for g in groups)
+    mean = np.zeros(n)
+    m2 = np.zeros(n)
+    x = np.empty(n)
+    m = 0
+    t0 = time.perf_counter()
+    stderr = np.full(n, np.nan)
+    bar = tqdm(total=rule.max_permutations(), desc=desc, disable=not progress, leave=False)
+    while True:
+        marginals(ordered_permutation(groups, rng), x)
+        m += 1
+        delta = x - mean  # Welford running mean / variance
+        mean += delta / m
+        m2 += delta * (x - mean)
+        if m >= 2:
+            stderr = np.sqrt(m2 / (m - 1) / m)
+        bar.update()
+        state = MCState(n_permutations=m, stderr=stderr, elapsed=time.perf_counter() - t0)
+        if rule(state):
+            break
+    bar.close()
+    return PermutationMeans(mean, stderr.copy(), m, time.perf_counter() - t0, _reason(rule, state))
+
+
 def mc_ads(
     utility: Utility,
     groups: Groups,
@@ -211,49 +290,20 @@ def mc_ads(
 
     empty_value = v.value(0, frozenset())
     full_value = v.value((1 << n) - 1, frozenset(range(n))) if truncation is not None else 0.0
-    mean = np.zeros(n)
-    m2 = np.zeros(n)
-    x = np.empty(n)
-    m = 0
     truncated = 0
-    t0 = time.perf_counter()
-    stderr = np.full(n, np.nan)
-    bar = tqdm(total=rule.max_permutations(), desc="MC-ADS permutations", disable=not progress, leave=False)
-    reason = ""
-    while True:
-        perm = ordered_permutation(gs, rng)
-        members: set[int] = set()
-        mask = 0
-        prev = empty_value
-        for k, z in enumerate(perm):
-            if truncation is not None and abs(full_value - prev) <= truncation * abs(full_value):
-                x[perm[k:]] = 0.0
-                truncated += n - k
-                break
-            members.add(z)
-            mask |= 1 << z
-            cur = v.value(mask, members)
-            x[z] = cur - prev
-            prev = cur
-        m += 1
-        delta = x - mean  # Welford running mean / variance
-        mean += delta / m
-        m2 += delta * (x - mean)
-        if m >= 2:
-            stderr = np.sqrt(m2 / (m - 1) / m)
-        bar.update()
-        state = MCState(n_permutations=m, stderr=stderr, elapsed=time.perf_counter() - t0)
-        if rule(state):
-            reason = _reason(rule, state)
-            break
-    bar.close()
+
+    def marginals(perm: list[int], x: np.ndarray) -> None:
+        nonlocal truncated
+        truncated += prefix_marginals(v, perm, x, empty_value, truncation=truncation, full_value=full_value)
+
+    run = permutation_means(gs, marginals, rule, rng, progress=progress)
     return MCResult(
-        values=mean.copy(),
-        stderr=stderr.copy(),
-        n_permutations=m,
+        values=run.mean,
+        stderr=run.stderr,
+        n_permutations=run.n_permutations,
         n_calls=v.calls - calls0,
-        elapsed=time.perf_counter() - t0,
-        stop_reason=reason,
+        elapsed=run.elapsed,
+        stop_reason=run.stop_reason,
         truncated_steps=truncated,
         groups=gs,
     )

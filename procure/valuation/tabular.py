@@ -1,7 +1,10 @@
 """Tabular / embedding data for ``procure value``: load CSV, parquet or a Hugging Face dataset saved to disk,
 pick feature, label, group and source columns, and build classifier-accuracy utilities over sources.
 
-Every user mistake (bad file, missing column, empty group, ...) raises ``UserError`` with one line."""
+Every user mistake (bad file, missing column, empty group, ...) raises ``UserError`` with one line that starts
+with the name of the argument at fault (``path``, ``split``, ``features``, ``embedding``, ``groups``, ``order``,
+``source``, ``model``, or the ``what`` of :func:`require_columns`), so that a caller can name it in its own terms
+(``procure value`` turns ``features: ...`` into ``--features: ...``)."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ def load_table(path: str | Path, split: str | None = None) -> pd.DataFrame:
     ``DatasetDict`` needs ``split``, default ``train``)."""
     p = Path(path)
     if not p.exists():
-        raise UserError(f"--data/--test: file not found: {p}")
+        raise UserError(f"path: file not found: {p}")
     try:
         if p.is_dir():
             import datasets
@@ -30,7 +33,7 @@ def load_table(path: str | Path, split: str | None = None) -> pd.DataFrame:
             if isinstance(ds, datasets.DatasetDict):
                 name = split or "train"
                 if name not in ds:
-                    raise UserError(f"{p}: no split '{name}' (splits: {', '.join(ds)}); choose one with --split")
+                    raise UserError(f"split: {p} has no split '{name}' (splits: {', '.join(ds)})")
                 ds = ds[name]
             df = ds.to_pandas()
         elif p.suffix.lower() == ".csv":
@@ -38,14 +41,14 @@ def load_table(path: str | Path, split: str | None = None) -> pd.DataFrame:
         elif p.suffix.lower() in (".parquet", ".pq"):
             df = pd.read_parquet(p)
         else:
-            raise UserError(f"{p}: unknown format '{p.suffix}'; use .csv, .parquet or a saved HF dataset folder")
+            raise UserError(f"path: {p}: unknown format '{p.suffix}'; use .csv, .parquet or a saved HF dataset folder")
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"{p}: cannot read it ({first})") from None
+        raise UserError(f"path: {p}: cannot read it ({first})") from None
     if len(df) == 0:
-        raise UserError(f"{p}: the table has no rows")
+        raise UserError(f"path: {p}: the table has no rows")
     return df
 
 
@@ -67,14 +70,14 @@ def feature_matrix(
     ``features``, or by default every numeric column not in ``exclude`` (and present in ``also_in``, the test
     table, if given)."""
     if embedding is not None:
-        require_columns(df, [embedding], "--embedding")
+        require_columns(df, [embedding], "embedding")
         try:
             x = np.stack([np.asarray(v, dtype=float).ravel() for v in df[embedding]])
         except (ValueError, TypeError):
-            raise UserError(f"--embedding '{embedding}': every row must hold a numeric vector of one length") from None
+            raise UserError(f"embedding '{embedding}': every row must hold a numeric vector of one length") from None
         return x, [embedding]
     if features:
-        require_columns(df, features, "--features")
+        require_columns(df, features, "features")
         cols = list(features)
     else:
         skip = {c for c in exclude if c is not None}
@@ -82,14 +85,14 @@ def feature_matrix(
         if also_in is not None:
             cols = [c for c in cols if c in also_in.columns]
         if not cols:
-            raise UserError("no numeric feature columns found; name them with --features or use --embedding")
+            raise UserError("features: no numeric feature columns found; name the feature columns or use an embedding")
     try:
         x = df[cols].to_numpy(dtype=float)
     except (ValueError, TypeError):
-        raise UserError(f"--features: columns {cols[:5]} must be numeric") from None
+        raise UserError(f"features: columns {cols[:5]} must be numeric") from None
     if np.isnan(x).any():
         bad = [c for c in cols if df[c].isna().any()]
-        raise UserError(f"--features: column '{bad[0]}' has missing values; fill or drop them first")
+        raise UserError(f"features: column '{bad[0]}' has missing values; fill or drop them first")
     return x, cols
 
 
@@ -97,16 +100,16 @@ def ordered_groups(values: pd.Series, order: Sequence[str] | None) -> list:
     """Group labels in sigma order: ``order`` if given (as strings, matched to ``str(label)``), else ascending
     for numeric labels and first appearance otherwise. A label in ``order`` with no rows is an empty group."""
     if values.isna().any():
-        raise UserError(f"--groups '{values.name}': {int(values.isna().sum())} rows have no group; fill them")
+        raise UserError(f"groups '{values.name}': {int(values.isna().sum())} rows have no group; fill them")
     present = list(dict.fromkeys(values.tolist()))
     if order:
         by_str = {str(v): v for v in present}
         missing = [o for o in order if o not in by_str]
         if missing:
-            raise UserError(f"--group-order: group '{missing[0]}' is empty (no rows in --groups '{values.name}')")
+            raise UserError(f"order: group '{missing[0]}' is empty (no rows in column '{values.name}')")
         left = [v for v in present if str(v) not in set(order)]
         if left:
-            raise UserError(f"--group-order: group '{left[0]}' of column '{values.name}' is not listed")
+            raise UserError(f"order: group '{left[0]}' of column '{values.name}' is not listed")
         return [by_str[o] for o in order]
     if pd.api.types.is_numeric_dtype(values):
         return sorted(present)
@@ -134,7 +137,7 @@ class Sources:
         for src, r in zip(uniques, rows):
             g = df[group].iloc[r].unique() if group else [None]
             if len(g) > 1:
-                raise UserError(f"--source '{src}': its rows lie in several groups {list(g)[:3]}; one group each")
+                raise UserError(f"source '{src}': its rows lie in several groups {list(g)[:3]}; one group each")
             grp.append(g[0])
         return cls(list(uniques), rows, grp)
 
@@ -158,7 +161,7 @@ class ClassifierUtility:
             self.rank = np.empty_like(order)
             np.put_along_axis(self.rank, order, np.broadcast_to(np.arange(len(self.x)), order.shape), axis=1)
         elif model != "logreg":
-            raise UserError(f"--utility: unknown model '{model}' (knn or logreg)")
+            raise UserError(f"model: unknown model '{model}' (knn or logreg)")
 
     def __call__(self, s: frozenset[int]) -> float:
         if not s:
