@@ -253,10 +253,10 @@ def test_sample_level_methods_equal_the_functions_summed_per_seller(tmp_path, me
 
 
 def test_royalty_contract_pays_alpha_times_the_measured_gain(tmp_path):
-    """Royalty = alpha_j x gamma x max(measured test gain, 0) (utility units; seeds/004 appendix 3), paid after
-    evaluation; the money spent is the sum of what was paid."""
+    """Royalty = alpha_j x gamma x max(measured test gain, 0) with the value-linear utility (gamma = money per
+    metric point; seeds/004 appendix 3), paid after evaluation; the money spent is the sum of what was paid."""
     gamma = 2.5
-    market = {"contract": "royalty", "max_purchases": 1, "utility": {"scale": "minmax", "gamma": gamma}}
+    market = {"contract": "royalty", "max_purchases": 1, "utility": {"scale": "none", "gamma": gamma}}
     d = run(tmp_path, methods=["ads", "loo"], seeds=[0, 1], rounds=3, market=market)
     with Ledger.open(d / "ledger.sqlite", create=False) as led:
         roy = led.rows("payments", "kind = 'royalty'")
@@ -318,3 +318,27 @@ def test_two_processes_shard_coalitions_and_give_the_same_ledger(tmp_path):
     (t0, _), (t1, _) = [map(int, (tmp_path / f"c{i}").read_text().split()) for i in range(2)]
     (t, _) = map(int, (tmp_path / "c").read_text().split())
     assert t0 + t1 == t and t1 > 0  # every state trained exactly once, some by the second process
+
+
+def test_reference_arms_noise_oracle_and_hindsight(tmp_path):
+    """noise_oracle buys the cleanest seller every round; hindsight values a seller by the test gain of the
+    single-seller fine-tune from the arm's state, and buys the best of them."""
+    d = run(tmp_path, methods=["noise_oracle", "hindsight"], seeds=[0], rounds=3)
+    with Ledger.open(d / "ledger.sqlite", create=False) as led:
+        cands = {(c["arm"], c["round"], c["seller"]): c["noise"] for c in led.rows("candidates")}
+        for p in led.rows("purchases", "arm = 'noise_oracle-s0'"):
+            noise = {s: n for (a, t, s), n in cands.items() if a == p["arm"] and t == p["round"]}
+            assert p["seller"] == min(noise, key=noise.get)
+        test = {u["node"]: u["utility"] for u in led.rows("utilities", "split = 'test'")}
+        metrics = {m["round"]: m["node"] for m in led.rows("metrics", "arm = 'hindsight-s0'")}
+        nodes = led.rows("nodes")
+        for t in (1, 2, 3):
+            state = metrics[t - 1]
+            single = {int(n["coalition"]): n["node"] for n in nodes if n["parent"] == state and n["round"] == t}
+            vals = {r["seller"]: r["value"] for r in led.rows("valuations", "arm = 'hindsight-s0' AND round = ?", (t,))}
+            assert set(single) == set(vals) == {0, 1, 2}
+            for j, node in single.items():
+                assert vals[j] == pytest.approx(test[node] - test[state], abs=1e-12)
+            (p,) = led.rows("purchases", "arm = 'hindsight-s0' AND round = ?", (t,))
+            assert p["seller"] == max(vals, key=vals.get)
+            assert metrics[t] == single[p["seller"]]

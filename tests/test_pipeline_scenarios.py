@@ -35,7 +35,7 @@ def test_conjoint_scenario_matches_the_noise_shares():
     assert err[0] < err[2]
     assert len(scen.warmup_examples()) == 5
     assert scen.task("val").split == "validation" and scen.task("test").split == "test"
-    assert len(scen.task("test").eval_prompts()) == 64
+    assert len(scen.task("test").eval_prompts()) == 32
 
 
 def test_qa_scenario_from_a_local_file(tmp_path):

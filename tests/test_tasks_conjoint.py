@@ -18,6 +18,7 @@ from procure.tasks.conjoint import (
     fit_partworths,
     make_candidates,
     parse_rating,
+    render_profile,
     warmup_rows,
 )
 
@@ -33,7 +34,7 @@ def test_noise_free_true_ratings_have_zero_avg_err(seed, k):
     ev = ConjointEval(world, samples_per_profile=k, seed=seed)
     assert isinstance(ev, Task)
     err = ev.score(_answers(world.mean_rating(ev.profiles), k))
-    assert err < 1e-9 and ev.last.n_unparseable == 0 and ev.last.n_answers == 64 * k
+    assert err < 1e-9 and ev.last.n_unparseable == 0 and ev.last.n_answers == 32 * k
     assert ev.utility(err) == -err and not ev.higher_is_better
 
 
@@ -44,10 +45,10 @@ def test_constant_predictor_closed_form(seed, c):
     ev = ConjointEval(world, 2, seed=1, split="test")
     u = world.true
     expected = np.abs(u - u.mean(axis=1, keepdims=True)).mean()  # fit is flat: |0 - centred u| averaged
-    assert ev.score(_answers([c] * 64, 2)) == pytest.approx(expected, abs=1e-9)
+    assert ev.score(_answers([c] * 32, 2)) == pytest.approx(expected, abs=1e-9)
     # never answering in the format = imputing the midpoint = a constant predictor
-    assert ev.score([["I like it."]] * 64) == pytest.approx(expected, abs=1e-9)
-    assert ev.last.n_unparseable == 64
+    assert ev.score([["I like it."]] * 32) == pytest.approx(expected, abs=1e-9)
+    assert ev.last.n_unparseable == 32
 
 
 @settings(max_examples=10, deadline=None)
@@ -96,22 +97,51 @@ def test_drop_mode_and_errors():
     ev = ConjointEval(world, 1, unparseable="drop")
     gens = _answers(world.mean_rating(ev.profiles))
     gens[5] = ["no idea"]
-    assert ev.score(gens) < 1e-9 and ev.last.n_unparseable == 1 and ev.last.n_answers == 64
+    assert ev.score(gens) < 1e-9 and ev.last.n_unparseable == 1 and ev.last.n_answers == 32
     with pytest.raises(UserError, match="no parseable"):
-        ev.score([["?"]] * 64)
-    with pytest.raises(UserError, match="expected 64"):
+        ev.score([["?"]] * 32)
+    with pytest.raises(UserError, match="expected 32"):
         ev.score(gens[:3])
     with pytest.raises(UserError, match="split"):
         ConjointEval(world, split="train")
 
 
-def test_splits_are_fresh_orders_of_the_same_profiles():
+def test_validation_and_test_rate_disjoint_balanced_halves():
     world = ConjointWorld(0)
     val, test = ConjointEval(world, seed=4), ConjointEval(world, seed=4, split="test")
-    assert sorted(map(tuple, val.profiles)) == sorted(PROFILES) == sorted(map(tuple, test.profiles))
-    assert val.sampling_seed != test.sampling_seed and val.eval_prompts() != test.eval_prompts()
+    v, t = set(map(tuple, val.profiles)), set(map(tuple, test.profiles))
+    assert len(v) == len(t) == 32 and not v & t and v | t == set(PROFILES)
+    assert not set(val.eval_prompts()) & set(test.eval_prompts())
+    for half in (val.profiles, test.profiles):  # orthogonal array: every level 8x, every level pair 2x
+        for i in range(3):
+            assert np.bincount(half[:, i], minlength=4).tolist() == [8] * 4
+        for i, j in ((0, 1), (0, 2), (1, 2)):
+            assert np.bincount(half[:, i] * 4 + half[:, j], minlength=16).tolist() == [2] * 16
     assert ConjointEval(world, seed=4).eval_prompts() == val.eval_prompts()
     assert "Rating: X." in val.system and "Color:" in val.eval_prompts()[0]
+    both = ConjointEval(world, seed=4, profiles="all"), ConjointEval(world, seed=4, split="test", profiles="all")
+    assert sorted(map(tuple, both[0].profiles)) == sorted(PROFILES) == sorted(map(tuple, both[1].profiles))
+
+
+def test_greedy_validation_and_test_scores_come_from_different_model_outputs():
+    """A deterministic "model" (greedy decoding: one fixed answer per prompt) that answers the true rating on
+    some profiles and garbage on others: with the halves, changing its answers on test prompts moves the test
+    score and leaves the validation score alone (with profiles="all" the two scores were the same numbers)."""
+    world = ConjointWorld(5)
+    truth = {render_profile(p): float(world.mean_rating(np.array([p]))[0]) for p in PROFILES}
+
+    def greedy(ev: ConjointEval, wrong: set[str]) -> float:
+        return ev.score([[f"Rating: {0.0 if q in wrong else truth[q]}"] for q in ev.eval_prompts()])
+
+    val, test = ConjointEval(world, seed=1), ConjointEval(world, seed=1, split="test")
+    spoil = set(test.eval_prompts()[:8])
+    assert greedy(val, set()) == greedy(val, spoil) < 1e-9
+    assert greedy(test, set()) < 1e-9 < greedy(test, spoil)
+    old_val, old_test = (
+        ConjointEval(world, seed=1, profiles="all"),
+        ConjointEval(world, seed=1, split="test", profiles="all"),
+    )
+    assert greedy(old_val, spoil) == pytest.approx(greedy(old_test, spoil))  # the leak the halves remove
 
 
 def test_candidates_noise_shares_and_sources():

@@ -176,8 +176,9 @@ class Runner:
         )
         return cands
 
-    def values(self, arm: Arm, t: int, cands: list[Candidate], clock: Clock) -> np.ndarray:
-        """2. One value per candidate at the arm's state (recorded with the coalition utilities behind it)."""
+    def values(self, arm: Arm, t: int, cands: list[Candidate], clock: Clock) -> dict[str, Any]:
+        """2. One value per candidate at the arm's state (``"values"``), recorded with the coalition utilities
+        behind it (``"coalitions"``: ``{key: {"node", "utility"}}``)."""
         key = f"value|{arm.name}|{t}"
         got = self.steps.sync_get(key)
         if got is None:
@@ -191,14 +192,26 @@ class Runner:
                 round=t,
                 rows=lambda p: _value_rows(arm.name, t, cands, p),
             )
-        return np.asarray(got["values"], dtype=np.float64)
+        return got
 
-    def market(self, arm: Arm, t: int, cands: list[Candidate], values: np.ndarray) -> trading.Clearing:
-        """3. Prices and the purchase within the round's budget (fairshare or royalty)."""
+    def market(self, arm: Arm, t: int, cands: list[Candidate], valued: dict[str, Any]) -> trading.Clearing:
+        """3. Prices and the purchase within the round's budget (fairshare or royalty); sellers arrive in a
+        seeded random order, so ties favour no seller."""
         spec = self.recipe.market
+
+        def clear() -> dict[str, Any]:
+            return trading.clear(
+                np.asarray(valued["values"], dtype=np.float64),
+                spec,
+                [bool(c.examples) for c in cands],
+                rng=np.random.default_rng(derive_seed(arm.seed, t, arm.name, "arrival")),
+                sellers=[c.seller for c in cands],
+                measured={k: c["utility"] for k, c in valued["coalitions"].items()},
+            ).to_dict()
+
         cleared = self.steps.shared(
             f"market|{arm.name}|{t}",
-            lambda: trading.clear(values, spec, [bool(c.examples) for c in cands]).to_dict(),
+            clear,
             kind="market",
             arm=arm.name,
             round=t,
@@ -277,7 +290,12 @@ class Runner:
             clock.value += time.perf_counter() - s0
             return out
 
+        def test_utility(members: list[Candidate]) -> float:
+            node = self.states.child(arm.state, t, members, arm.seed, clock)
+            return self.states.evaluate(node, "test", arm.seed, clock)["utility"]
+
         return RoundInputs(
+            test_utility=test_utility,
             utility=utility,
             prepare=lambda coalitions: self._prepare(arm, t, coalitions, clock),
             reference=scen.reference_examples,

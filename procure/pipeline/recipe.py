@@ -8,6 +8,7 @@ A typo or a wrong type ends as one line naming the dotted field (``procure.error
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from procure.errors import UserError, format_validation_error
 
-Method = Literal["ads", "loo", "bm25", "infl_ip", "datainf", "constant", "random"]
+Method = Literal["ads", "loo", "bm25", "infl_ip", "datainf", "constant", "random", "noise_oracle", "hindsight"]
 
 
 class _Strict(BaseModel):
@@ -46,6 +47,11 @@ class ConjointSpec(_Strict):
     val_samples_per_profile: int = Field(1, ge=1)
     test_samples_per_profile: int = Field(1, ge=1)
     world_seed: int | None = Field(None, description="seed of the true/noisy part-worths; None = the arm's seed")
+    eval_profiles: Literal["halves", "all"] = Field(
+        "halves",
+        description="validation and test rate disjoint halves of the 64 profiles (default), or both all 64 "
+        "(then greedy validation = test: only for sampled readouts)",
+    )
 
     @property
     def n_sellers(self) -> int:
@@ -79,11 +85,16 @@ class PluginSpec(_Strict):
     """A scenario and learner from your own code: ``target`` = ``"package.module:factory"``.
 
     ``factory(spec, seed)`` returns ``(scenario, learner)`` following ``procure.pipeline.protocols.Scenario``
-    and ``Learner``. Useful for non-LLM stand-ins and for tests.
+    and ``Learner``. Useful for non-LLM stand-ins and for tests. This is code execution: running such a recipe
+    imports ``package.module`` and calls ``factory`` with your permissions (as ``python -c`` would).
     """
 
     kind: Literal["plugin"]
-    target: str = Field(pattern=r"^[\w.]+:\w+$")
+    target: str = Field(
+        pattern=r"^[\w.]+:\w+$",
+        description="package.module:factory; the run imports and calls it: a recipe with a plugin task runs "
+        "that code with your permissions, so only run recipes from sources you trust",
+    )
     options: dict[str, Any] = Field(default_factory=dict)
     n_sellers: int = Field(3, ge=1)
 
@@ -104,12 +115,22 @@ class UtilityMap(_Strict):
     """Buyer utility of candidate j from its value v_j: u_j = gamma * s(v)_j + beta (DESIGN.md, linear map).
 
     ``scale="minmax"`` maps the round's values to [0, 1] first (seeds/004: "normalized to [0, 1] for pricing
-    compatibility"); ``"none"`` uses the raw values (utility units of the task, e.g. -AvgErr points).
+    compatibility"); ``"none"`` uses the raw values (utility units of the task, e.g. -AvgErr points), so
+    ``gamma`` is money per metric point: the value-linear utility. ``bundle="measured"`` (ADS / LOO with
+    ``scale: none``): the buyer values a bundle S by the coalition utility measured during valuation,
+    ``gamma * (v(S) - v(∅)) + beta``, instead of the sum of values (bundles not measured: the sum).
     """
 
     scale: Literal["none", "minmax"] = "minmax"
     gamma: float = Field(1.0, gt=0.0)
     beta: float = 0.0
+    bundle: Literal["additive", "measured"] = "additive"
+
+    @model_validator(mode="after")
+    def _measured_needs_raw_values(self) -> UtilityMap:
+        if self.bundle == "measured" and self.scale != "none":
+            raise ValueError("bundle: measured compares coalition utilities in metric units; set scale: none")
+        return self
 
 
 class SellerExitSpec(_Strict):
@@ -153,7 +174,7 @@ class MarketSpec(_Strict):
 class Recipe(_Strict):
     """A staged procurement run: ``rounds`` rounds for every arm (method x seed) on ``task`` with ``model``."""
 
-    name: str = Field(pattern=r"^[\w.-]+$")
+    name: str = Field(description="run name: the run directory is runs/<name> unless --out is given")
     model: str = "smollm2-135m"
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     rounds: int = Field(ge=1)
@@ -164,6 +185,15 @@ class Recipe(_Strict):
     training: dict[str, Any] = Field(default_factory=dict, description="procure.llm.train.TrainConfig fields")
     generation: GenerationSpec = GenerationSpec()
     progress: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if not re.fullmatch(r"\w[\w.-]*", v):
+            raise ValueError(
+                f"{v!r} is not a plain name (letters, digits, _ . -, not starting with a dot); it names runs/<name>"
+            )
+        return v
 
     @field_validator("seeds", "methods")
     @classmethod
@@ -191,7 +221,7 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        raise UserError(format_validation_error(exc, source)) from None
+        raise UserError(format_validation_error(exc, source, Recipe)) from None
     _check_training(recipe, source)
     return recipe
 

@@ -108,7 +108,11 @@ class ConjointScenario:
         if split not in self._tasks:
             n = self.spec.val_samples_per_profile if split == "val" else self.spec.test_samples_per_profile
             self._tasks[split] = self._c.ConjointEval(
-                self.world, samples_per_profile=n, seed=self.seed, split="validation" if split == "val" else "test"
+                self.world,
+                samples_per_profile=n,
+                seed=self.seed,
+                split="validation" if split == "val" else "test",
+                profiles=self.spec.eval_profiles,
             )
         return self._tasks[split]
 

@@ -6,6 +6,11 @@ seeds/000 Eq. 10, Remark 4.1). Which coalitions the estimator will ask for is pl
 caller can train them all up front (sharded over processes). Per-sample methods (``bm25``, ``infl_ip``,
 ``datainf``, ``constant``, ``random``) value every row and sum per seller. Knows nothing of the ledger: the
 caller supplies the coalition utility, the gradients and the reference set.
+
+Two reference arms bound what a valuation can achieve in simulations: ``noise_oracle`` values a seller by its
+known clean share, ``1 - noise`` (a perfect valuation of data quality), and ``hindsight`` by the held-out TEST
+gain of A_{t-1} fine-tuned on that seller alone, ``u_test(A({j}; A_{t-1})) - u_test(A_{t-1})`` (the best single
+purchase in hindsight; those singletons are the states ADS trains anyway). Neither is available to a real buyer.
 """
 
 from __future__ import annotations
@@ -41,13 +46,15 @@ class RoundInputs:
 
     ``utility(members) -> (state, v(S))``; ``prepare(coalitions)`` trains/evaluates them up front;
     ``reference()`` the buyer's representative rows; ``grads(rows) -> (per-sample grads, mean reference grad)``;
-    ``seed(tag)`` a seed for the tagged random draw (``"mc"``, ``"random"``)."""
+    ``seed(tag)`` a seed for the tagged random draw (``"mc"``, ``"random"``); ``test_utility(members)`` the
+    held-out test utility of A(S; A_{t-1}) (the ``hindsight`` reference arm only)."""
 
     utility: Callable[[list[Candidate]], tuple[str, float]]
     prepare: Callable[[list[list[Candidate]]], None]
     reference: Callable[[], list[Example]]
     grads: Callable[[list[Example]], tuple[dict, dict]]
     seed: Callable[[str], int]
+    test_utility: Callable[[list[Candidate]], float] | None = None
 
 
 def value_candidates(method: str, cands: list[Candidate], budget: Budget, io: RoundInputs) -> RoundValues:
@@ -56,6 +63,16 @@ def value_candidates(method: str, cands: list[Candidate], budget: Budget, io: Ro
         return RoundValues(_constant_valuation(method, np.zeros(0)))
     if method in RETRAIN_METHODS:
         return _by_coalitions(method, cands, budget, io)
+    if method == "noise_oracle":
+        if any(c.noise is None for c in cands):
+            raise ValueError("noise_oracle needs candidates with a known noise share (a simulation)")
+        return RoundValues(_constant_valuation(method, np.array([1.0 - c.noise for c in cands])))
+    if method == "hindsight":
+        if io.test_utility is None:
+            raise ValueError("hindsight needs the test utility of single-seller fine-tunes")
+        base = io.test_utility([])
+        gains = [io.test_utility([c]) - base if c.examples else 0.0 for c in cands]
+        return RoundValues(_constant_valuation(method, np.array(gains)))
     return RoundValues(_by_rows(method, cands, io))
 
 

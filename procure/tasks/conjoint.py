@@ -188,10 +188,25 @@ class ConjointScore:
     ratings: np.ndarray = field(repr=False)
 
 
+def profile_half(split: Literal["validation", "test"]) -> np.ndarray:
+    """The 32 profiles of a split: validation = even ``a + b + c``, test = odd (two halves of the 4^3 design).
+
+    Each half is an orthogonal array of strength 2 (every level 8 times, every pair of levels of two attributes
+    twice), so the 12 part-worths are identified from either half (design rank 10, as for all 64), and the two
+    halves share no prompt: with greedy decoding the validation score (what the buyer selects on) and the test
+    score (what is reported) come from different model outputs."""
+    p = np.asarray(PROFILES)
+    return p[(p.sum(axis=1) % 2) == (0 if split == "validation" else 1)]
+
+
 class ConjointEval:
-    """Rate all 64 profiles, ``samples_per_profile`` sampled answers each (paper: 5, temperature 0.7), and score
-    AvgErr against the world's true part-worths. ``split`` ("validation" / "test") only changes the profile
-    order and ``sampling_seed``, so validation and test ratings are fresh samples of the same 64 profiles.
+    """Rate the split's profiles, ``samples_per_profile`` sampled answers each (paper: 5, temperature 0.7), and
+    score AvgErr against the world's true part-worths.
+
+    ``profiles="halves"`` (default): validation and test rate disjoint halves of the design (:func:`profile_half`),
+    so selecting on validation never sees a test answer. ``profiles="all"``: both rate all 64 profiles in
+    different orders with different ``sampling_seed`` (fresh samples only when sampling, temperature > 0; under
+    greedy decoding the two splits then give identical answers, i.e. validation would be the test set).
     """
 
     name = "conjoint"
@@ -209,6 +224,7 @@ class ConjointEval:
         *,
         unparseable: Literal["impute", "drop"] = "impute",
         impute_value: float = 50.0,
+        profiles: Literal["halves", "all"] = "halves",
     ):
         if split not in ("validation", "test"):
             raise UserError(f"conjoint: split must be 'validation' or 'test', not '{split}'")
@@ -220,8 +236,10 @@ class ConjointEval:
         self.samples_per_prompt = samples_per_profile
         self.split = split
         self.sampling_seed = int(np.random.SeedSequence([seed, 0 if split == "validation" else 1]).generate_state(1)[0])
-        order = np.random.default_rng(self.sampling_seed).permutation(len(PROFILES))
-        self.profiles = np.asarray(PROFILES)[order]
+        if profiles not in ("halves", "all"):
+            raise UserError(f"conjoint: profiles must be 'halves' or 'all', not '{profiles}'")
+        pool = profile_half(split) if profiles == "halves" else np.asarray(PROFILES)
+        self.profiles = pool[np.random.default_rng(self.sampling_seed).permutation(len(pool))]
         self.system = instruction()
         self.unparseable = unparseable
         self.impute_value = float(impute_value)
