@@ -58,3 +58,38 @@ def write_dir_atomically(target: Path, build: Callable[[Path], None], *, replace
 def build_once(target: Path, build: Callable[[Path], None]) -> Path:
     """Create directory ``target`` with ``build(tmp)`` unless it exists: ``write_dir_atomically(replace=False)``."""
     return write_dir_atomically(target, build, replace=False)
+
+
+class OutputError(OSError):
+    """Results could not be written to ``target``; they are complete in ``kept`` (a temporary folder)."""
+
+    def __init__(self, target: Path, reason: str, kept: Path) -> None:
+        super().__init__(f"cannot write {target} ({reason}); the results are in {kept}")
+        self.target, self.reason, self.kept = target, reason, kept
+
+
+def publish_files(build: Callable[[Path], None], out_dir: Path, *, what: str = "results") -> list[Path]:
+    """Write result files so that a failure loses nothing and never leaves a half-written file.
+
+    ``build(tmp)`` writes the files into a fresh folder in the system temp directory; each is then copied next
+    to its target in ``out_dir`` and renamed over it (atomic per file). If ``out_dir`` cannot be written,
+    :class:`OutputError` says so and keeps the temp folder, which holds every result. Returns the final paths.
+    """
+    out_dir = Path(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f"procure-{what}-"))
+    build(tmp)
+    done: list[Path] = []
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for f in sorted(p for p in tmp.iterdir() if p.is_file()):
+            part = out_dir / f".{f.name}.part-{os.getpid()}"
+            try:
+                shutil.copyfile(f, part)
+                os.replace(part, out_dir / f.name)
+            finally:
+                part.unlink(missing_ok=True)
+            done.append(out_dir / f.name)
+    except OSError as exc:
+        raise OutputError(out_dir, exc.strerror or str(exc), tmp) from None
+    shutil.rmtree(tmp, ignore_errors=True)
+    return done

@@ -2,7 +2,9 @@
 
 Each subsystem registers its own subcommands (``register(subparsers)`` in ``procure/<pkg>/cli.py``), so this
 module only dispatches. User mistakes raise :class:`procure.errors.UserError` and end as one line on stderr
-with exit code 2; Ctrl-C exits with 130.
+with exit code 2; Ctrl-C exits with 130 and one line saying what was kept.
+
+``import procure`` sets ``OMP_WAIT_POLICY=PASSIVE`` (unless set already) before torch is imported.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import argparse
 import os
 import sys
 
+from procure.annotations import cli as value_cli  # `procure value`: tables (valuation.cli) and LLM rows
 from procure.market import cli as market_cli
 from procure.pipeline import cli as pipeline_cli
-from procure.valuation import cli as valuation_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"procure {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for mod in (valuation_cli, market_cli, pipeline_cli):
+    for mod in (value_cli, market_cli, pipeline_cli):
         mod.register(sub)
     return parser
 
@@ -50,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"procure: error: {format_validation_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("procure: interrupted; the ledger is consistent, continue with --resume", file=sys.stderr)
+        # each command says what an interruption left behind (`run`: a consistent ledger to resume)
+        message = getattr(args, "interrupted", None) or "interrupted; nothing was written"
+        print(f"procure: {message}", file=sys.stderr)
         return 130
     return int(rc or 0)
 

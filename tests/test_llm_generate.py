@@ -126,3 +126,34 @@ def test_vllm_equals_hf_greedy_float32(adapters, hf_results, mode):
             np.testing.assert_allclose(lps, hf_results[name][1], atol=2e-3)
     finally:
         g.close()
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_lookahead_equals_one_forward_per_branch(adapters, batch_size):
+    """The tree-masked single pass gives, for every prompt (left-padded in a batch or alone), the same next-token
+    log-probs as separate forwards of prompt + prefix and prompt + prefix + symbol, with an adapter merged."""
+    from peft import PeftModel
+
+    from procure.llm.models import load_model, load_tokenizer
+
+    path, a1, _ = adapters
+    symbols = [str(d) for d in range(10)] + ["."]
+    g = make_generator(path, backend="hf", adapter_mode="merged", batch_size=batch_size)
+    first, second = g.lookahead(PROMPTS, "Rating: ", symbols, a1, system=SYSTEM)
+    g.close()
+    tok = load_tokenizer(path)
+    model = PeftModel.from_pretrained(load_model(path), str(a1))
+    sid = [tok(s, add_special_tokens=False)["input_ids"][0] for s in symbols]
+    pre = tok("Rating: ", add_special_tokens=False)["input_ids"]
+
+    def next_logp(ids: list[int]) -> np.ndarray:
+        with torch.no_grad():
+            return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1], -1)[sid].numpy()
+
+    for i, p in enumerate(PROMPTS):
+        base = prompt_ids(tok, p, SYSTEM) + pre
+        np.testing.assert_allclose(first[i], next_logp(base), atol=2e-4)
+        for k in range(len(symbols)):
+            np.testing.assert_allclose(second[i, k], next_logp(base + [sid[k]]), atol=2e-4)
+    with pytest.raises(UserError, match="one token"):
+        make_generator(path, backend="hf").lookahead(PROMPTS[:1], "Rating: ", ["42"], None)

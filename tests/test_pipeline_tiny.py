@@ -102,3 +102,22 @@ def test_qa_gradient_and_text_methods_on_tiny(tmp_path):
             assert 0 < len(bought) < 3  # half the budget buys a strict subset
             assert total == pytest.approx(sum(offers[k]["price"] for k in out.bought), rel=1e-12)
             assert total <= budget + 1e-9
+
+
+def test_expected_rating_readout_through_the_learner(tmp_path):
+    """task.readout: expected evaluates by next-token distributions (no decoding): the ledger's test metric of
+    A_0 equals the task's score of the HF lookahead on that adapter."""
+    from procure.llm.generate import make_generator
+    from procure.tasks.conjoint import ConjointEval, ConjointWorld
+
+    recipe = load_recipe(ROOT / "recipes" / "quickstart-tiny.yaml")
+    task = recipe.task.model_copy(update={"readout": "expected"})
+    recipe = recipe.model_copy(update={"progress": False, "rounds": 1, "methods": ["random"], "task": task})
+    d = run_recipe(recipe, tmp_path / "run")
+    with Ledger.open(d / "ledger.sqlite", create=False) as led:
+        (m0,) = led.rows("metrics", "round = 0")
+        adapter = d / {n["node"]: n for n in led.rows("nodes")}[m0["node"]]["adapter"]
+    ev = ConjointEval(ConjointWorld(0), seed=0, split="test", readout="expected")
+    with make_generator("tiny", backend="hf") as g:
+        first, second = g.lookahead(ev.eval_prompts(), ev.lookahead_prefix, ev.lookahead_symbols, adapter, ev.system)
+    assert m0["metric"] == ev.score_lookahead(first, second)

@@ -168,3 +168,58 @@ def test_noisy_ratings_are_clipped():
     world = ConjointWorld(0, noise_sd=500.0)
     y = world.rate(np.asarray(PROFILES), "true", 0)
     assert y.min() == 0.0 and y.max() == 100.0
+
+
+def _lookahead_tables(dist: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """first/second log-prob tables of a distribution over answers like "57." and "8." (symbols 0-9 and ".")."""
+    first, second = np.full((1, 11), -50.0), np.full((1, 11, 11), -50.0)
+    for ans, p in dist.items():
+        first[0, int(ans[0])] = np.logaddexp(first[0, int(ans[0])], np.log(p))
+    for d in range(10):
+        cont = {a: p for a, p in dist.items() if int(a[0]) == d}
+        tot = sum(cont.values())
+        for a, p in cont.items():
+            nxt = 10 if a[1] == "." else int(a[1])
+            second[0, d, nxt] = np.logaddexp(second[0, d, nxt], np.log(p / tot))
+    return first, second
+
+
+@pytest.mark.parametrize(
+    ("dist", "expected"),
+    [({"57.": 1.0}, 57.0), ({"57.": 0.5, "8.": 0.5}, 32.5), ({"20.": 0.25, "21.": 0.25, "90.": 0.5}, 55.25)],
+)
+def test_expected_rating_of_known_answer_distributions(dist, expected):
+    from procure.tasks.conjoint import expected_ratings
+
+    assert expected_ratings(*_lookahead_tables(dist))[0] == pytest.approx(expected, abs=1e-6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_expected_rating_equals_enumeration_over_two_token_answers(seed):
+    """E over all answers "d." and "de" (d, e digits) enumerated with their two-step probabilities, with the
+    probability outside the symbols renormalised away."""
+    from procure.tasks.conjoint import expected_ratings
+
+    rng = np.random.default_rng(seed)
+    first, second = rng.normal(0, 2, (3, 11)), rng.normal(0, 2, (3, 11, 11))
+    got = expected_ratings(first, second)
+    for i in range(3):
+        q = np.exp(first[i, :10]) / np.exp(first[i, :10]).sum()
+        total = 0.0
+        for d in range(10):
+            r = np.exp(second[i, d]) / np.exp(second[i, d]).sum()
+            total += q[d] * (r[10] * d + sum(r[e] * (10 * d + e) for e in range(10)))
+        assert got[i] == pytest.approx(total, rel=1e-10)
+
+
+def test_lookahead_readout_scores_the_split_profiles():
+    world = ConjointWorld(2)
+    ev = ConjointEval(world, seed=0, split="test", readout="expected")
+    tables = [_lookahead_tables({f"{int(v) // 10}{int(v) % 10}.": 1.0}) for v in world.mean_rating(ev.profiles)]
+    first = np.concatenate([t[0] for t in tables])
+    second = np.concatenate([t[1] for t in tables])
+    truth_err = ev.score_lookahead(first, second)  # integer-truncated true ratings: small but not zero error
+    assert 0 < truth_err < 1.0 and ev.last.n_answers == 32
+    with pytest.raises(UserError, match="readout"):
+        ConjointEval(world, readout="argmax")

@@ -52,6 +52,15 @@ class Generator(ABC):
     ) -> np.ndarray:
         """(n_prompts, n_choices): log p(choice tokens | chat prompt), summed over the choice's tokens (nats)."""
 
+    def lookahead(
+        self, prompts: list[str], prefix: str, symbols: list[str], adapter: Path | None, system: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Two-step next-token log-probabilities (nats) over single-token ``symbols`` after the chat prompt plus
+        the forced answer ``prefix``: ``first[i, k] = log p(symbols[k] | prompt_i + prefix)`` (n, S) and
+        ``second[i, k, m] = log p(symbols[m] | prompt_i + prefix + symbols[k])`` (n, S, S). Not normalised over
+        the symbols (the rest of the vocabulary keeps its mass). Optional: backends that cannot raise."""
+        raise NotImplementedError(f"{type(self).__name__} has no lookahead; use the hf backend")
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the model / engine."""
 

@@ -168,7 +168,7 @@ def per_sample_lora_grads(
     max_length: int = 256,
     projection_dim: int | None = None,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool | Any = True,
     method: Literal["hooks", "loop"] = "hooks",
     share_prefix: bool = True,
 ) -> dict[str, torch.Tensor]:
@@ -184,6 +184,7 @@ def per_sample_lora_grads(
     that rows with a common prefix meet) and a batch's shared prefix is run forward once
     (:mod:`procure.llm.prefix`); rows come back in the input order.
     Gradients are float32 (float64 for a float64 model; bf16/fp16 models are accumulated in float32).
+    ``progress``: show a bar, or a caller's open tqdm bar to advance by the rows done (left open).
     """
     from procure.llm.formatting import encode_row
     from procure.llm.prefix import batch_order, length_batches, shared_prefix_grads
@@ -204,7 +205,8 @@ def per_sample_lora_grads(
         batches = list(_batches(n, step))
     chunks: dict[str, list[torch.Tensor]] = {}
     sketches: dict[str, torch.Tensor] = {}
-    bar = tqdm(total=n, desc="per-sample grads", unit="ex", disable=not progress)
+    own_bar = not hasattr(progress, "update")
+    bar = tqdm(total=n, desc="per-sample grads", unit="ex", disable=not progress) if own_bar else progress
     hooks = _HookGrads(model, params) if method == "hooks" else None
     try:
         dev = next(iter(params.values())).device
@@ -222,7 +224,8 @@ def per_sample_lora_grads(
                     chunks.setdefault(k, []).append(v)
                 bar.update(sl.stop - sl.start)
     finally:
-        bar.close()
+        if own_bar:
+            bar.close()
         if hooks is not None:
             hooks.close()
     out = {k: torch.cat(v) for k, v in chunks.items()}

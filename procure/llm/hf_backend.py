@@ -160,10 +160,63 @@ class HFGenerator(Generator):
                     out[i, j] = float(logp[k, pos, tgt].sum())
         return out
 
+    def lookahead(
+        self, prompts: list[str], prefix: str, symbols: list[str], adapter: Path | None, system: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """See :meth:`Generator.lookahead`. One forward pass per prompt: the S branch tokens are appended after
+        the prefix, all at the same position, each attending to the prompt and itself only (a tree-shaped 4D
+        attention mask), so the first step's and every branch's next-token distributions come out together.
+        Rows are left-padded in batches; written here because no library call gives branch logits in one pass."""
+        torch, tok = self._torch, self.tokenizer
+        sym = [tok(x, add_special_tokens=False)["input_ids"] for x in symbols]
+        if any(len(i) != 1 for i in sym):
+            raise UserError(f"lookahead: every symbol must be one token ({symbols})")
+        sym_ids = torch.tensor([i[0] for i in sym])
+        pre = tok(prefix, add_special_tokens=False)["input_ids"]
+        rows = [prompt_ids(tok, p, system) + pre for p in prompts]
+        n_sym = len(symbols)
+        first = np.zeros((len(prompts), n_sym))
+        second = np.zeros((len(prompts), n_sym, n_sym))
+        with self._using(adapter) as model, torch.inference_mode():
+            for s in range(0, len(rows), self.batch_size):
+                chunk = rows[s : s + self.batch_size]
+                ids, pos, mask = _tree_batch(chunk, sym_ids, tok.pad_token_id, model.dtype)
+                logits = model(
+                    input_ids=ids.to(self.device), position_ids=pos.to(self.device), attention_mask=mask.to(self.device)
+                ).logits.float()
+                logp = torch.log_softmax(logits[:, -n_sym - 1 :], dim=-1)[..., sym_ids].cpu().numpy()
+                first[s : s + len(chunk)] = logp[:, 0]
+                second[s : s + len(chunk)] = logp[:, 1:]
+        return first, second
+
     def close(self) -> None:
         self.model = None
         self._peft = None
         self._orig = {}
+
+
+def _tree_batch(rows: list[list[int]], branch_ids, pad_id: int, dtype) -> tuple:
+    """(input_ids, position_ids, additive 4D mask) for :meth:`HFGenerator.lookahead`: each row left-padded,
+    then the S branch tokens, all at position len(row); causal over the row, each branch sees the row and itself."""
+    import torch
+
+    n_b = len(branch_ids)
+    t = max(map(len, rows)) + n_b
+    ids = torch.full((len(rows), t), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(rows), t), dtype=torch.long)
+    allowed = torch.zeros((len(rows), t, t), dtype=torch.bool)
+    for k, r in enumerate(rows):
+        start = t - n_b - len(r)
+        ids[k, start : t - n_b] = torch.tensor(r)
+        ids[k, t - n_b :] = branch_ids
+        pos[k, start : t - n_b] = torch.arange(len(r))
+        pos[k, t - n_b :] = len(r)
+        allowed[k, start : t - n_b, start : t - n_b] = torch.tril(torch.ones(len(r), len(r), dtype=torch.bool))
+        allowed[k, t - n_b :, start : t - n_b] = True
+    allowed |= torch.eye(t, dtype=torch.bool)  # branches see themselves; pads see themselves (no empty rows)
+    mask = torch.zeros((len(rows), 1, t, t), dtype=dtype)
+    mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+    return ids, pos, mask
 
 
 def _left_pad(rows: list[list[int]], pad_id: int, device: str) -> dict:

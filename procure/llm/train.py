@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -154,9 +154,11 @@ class StageTrainer:
         examples: Sequence[Mapping[str, Any]],
         out_dir: Path,
         init_adapter: Path | None = None,
-        progress: bool = True,
+        progress: bool | IO[str] = True,
     ) -> StageResult:
-        """Fine-tune a LoRA (fresh, or continuing ``init_adapter``) on ``examples`` and save it to ``out_dir``."""
+        """Fine-tune a LoRA (fresh, or continuing ``init_adapter``) on ``examples`` and save it to ``out_dir``.
+
+        ``progress``: show a progress bar (on stderr, or on the given stream)."""
         torch = self._torch
         from torch.utils.data import DataLoader
         from tqdm.auto import tqdm
@@ -185,8 +187,9 @@ class StageTrainer:
             steps = 0
             model.train()
             torch.manual_seed(cfg.seed)  # dropout
-            shown = progress and (self.local or acc.is_main_process)
-            bar = tqdm(total=total, desc="lora stage", disable=not shown, leave=False)
+            shown = progress is not False and (self.local or acc.is_main_process)
+            file = None if isinstance(progress, bool) else progress
+            bar = tqdm(total=total, desc="lora stage", disable=not shown, leave=False, file=file)
             done = 0
             while done < total:
                 for batch in dl:

@@ -5,7 +5,11 @@
 - ``adapter_mode="merged"``: W' = W + s*B@A for the adapter's layers (:func:`procure.llm.merge.lora_deltas`,
   base W read once from the model's safetensors) is loaded into the running engine with the worker's
   ``reload_weights`` (vLLM's layer-wise in-place reload, which also re-packs the CPU GEMM weights), and the
-  prefix cache is reset because its KV blocks were computed with the old weights.
+  prefix cache is reset because its KV blocks were computed with the old weights. Only the changed layers are
+  pushed, each one whole: vLLM fuses q/k/v (and gate/up) into one layer, and a layer that receives only some
+  of its checkpoint tensors is rebuilt with the missing ones uninitialised (an adapter on q_proj and v_proj
+  alone produced garbage before; ``tests/test_llm_generate.py``). Layers left out keep their tensors; vLLM
+  logs one "Failed to load weights" warning per such layer and push, which is expected here and silenced.
 
 By default the engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): no worker processes to
 spawn (so it works under pytest and in scripts without ``__main__`` guards) and weight pushes are plain calls.
@@ -15,7 +19,9 @@ it, so vLLM and HF see and return exactly the same tokens.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -36,12 +42,70 @@ def lora_rank_bucket(r: int) -> int:
     raise UserError(f"lora_rank {r}: vLLM serves LoRA ranks up to 512; use adapter_mode=merged")
 
 
+#: checkpoint modules that vLLM serves as one fused layer (pushed together; see the module docstring)
+PACKED_MODULES = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+#: vLLM loggers whose warnings about layers left out of a partial reload are expected for a merged push
+_RELOAD_LOGGERS = (
+    "vllm.model_executor.model_loader.reload.layerwise",
+    "vllm.model_executor.model_loader.reload.inplace",
+)
+
+
+def _model_dir(model: str) -> Path:
+    """The local folder of ``model`` (a folder, or a hub id whose files vLLM has already cached)."""
+    d = Path(model)
+    if d.is_dir():
+        return d
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(model, allow_patterns=["*.json", "*.safetensors"]))
+
+
+def _checkpoint_names(model_dir: str) -> set[str]:
+    """Every tensor name in the model folder's safetensors."""
+    from safetensors import safe_open
+
+    d = _model_dir(model_dir)
+    index = d / "model.safetensors.index.json"
+    if index.is_file():
+        return set(json.loads(index.read_text())["weight_map"])
+    with safe_open(str(d / "model.safetensors"), framework="pt") as h:
+        return set(h.keys())
+
+
+def whole_layers(names: set[str], checkpoint: set[str], packed: dict[str, tuple[str, ...]] | None = None) -> set[str]:
+    """``names`` completed to whole vLLM layers: every checkpoint tensor (weight, bias) of each named module and
+    of the modules fused with it (``packed``: fused name -> members, default :data:`PACKED_MODULES`)."""
+    families = list((packed or PACKED_MODULES).values())
+    prefixes: set[str] = set()
+    for name in names:
+        parent, _, leaf = name.rsplit(".", 1)[0].rpartition(".")
+        family = next((f for f in families if leaf in f), (leaf,))
+        prefixes |= {f"{parent}.{m}." if parent else f"{m}." for m in family}
+    pre = tuple(prefixes)
+    return {n for n in checkpoint if n.startswith(pre)} | set(names)
+
+
+@contextlib.contextmanager
+def _quiet_reload():
+    """Silence vLLM's per-layer warnings about layers a partial reload leaves as they are (expected here)."""
+    loggers = [logging.getLogger(n) for n in _RELOAD_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def _base_weights(model_dir: str, names: set[str]) -> dict:
     """The named tensors from the model folder's safetensors (float32), read lazily file by file."""
     import torch
     from safetensors import safe_open
 
-    d = Path(model_dir)
+    d = _model_dir(model_dir)
     index = d / "model.safetensors.index.json"
     if index.is_file():
         where = json.loads(index.read_text())["weight_map"]
@@ -113,7 +177,8 @@ class VLLMGenerator(Generator):
             torch.set_num_threads = set_threads
             torch.set_num_threads(n_threads)
         self._current: tuple[str, int] | None = None
-        self._base: dict = {}  # merged mode: original weights (float32) of every parameter an adapter touched
+        self._base: dict = {}  # merged mode: original weights (float32) of every layer an adapter touched
+        self._checkpoint: set[str] | None = None  # tensor names of the model's safetensors
         self._lora_ids: dict[tuple[str, int], int] = {}
         eos = self.tokenizer.eos_token_id
         gen_eos = getattr(self.llm.llm_engine.model_config.hf_config, "eos_token_id", None)
@@ -126,7 +191,8 @@ class VLLMGenerator(Generator):
         if not weights:
             return
         items = list(weights.items())
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items, "is_checkpoint_format": True})
+        with _quiet_reload():
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
 
     def _switch(self, adapter: Path | None):
@@ -152,7 +218,10 @@ class VLLMGenerator(Generator):
         deltas = lora_deltas(adapter) if adapter is not None else {}
         new = set(deltas) - self._base.keys()
         if new:
-            self._base |= _base_weights(self.model_path, new)
+            if self._checkpoint is None:
+                self._checkpoint = _checkpoint_names(self.model_path)
+            whole = whole_layers(new, self._checkpoint, self._packed())
+            self._base |= _base_weights(self.model_path, whole - self._base.keys())
         target = {n: w for n, w in self._base.items()}  # restore everything touched so far ...
         for n, d in deltas.items():  # ... then add this adapter's deltas
             target[n] = self._base[n] + d
@@ -160,6 +229,18 @@ class VLLMGenerator(Generator):
         self._push({n: w.to(dtype) for n, w in target.items()})
         self._current = key
         return None
+
+    def _packed(self) -> dict[str, tuple[str, ...]]:
+        """The served model's fused modules (its ``packed_modules_mapping``), else :data:`PACKED_MODULES`."""
+
+        def mapping(worker) -> dict:
+            return dict(getattr(worker.model_runner.model, "packed_modules_mapping", None) or {})
+
+        try:
+            got = self.llm.collective_rpc(mapping)[0]
+        except Exception:  # noqa: BLE001 - older workers: fall back to the Llama-style names
+            return PACKED_MODULES
+        return {k: tuple(v) for k, v in got.items()} or PACKED_MODULES
 
     # ----------------------------------------------------------------------------------------- generation
     def generate(

@@ -35,10 +35,26 @@ def register(subparsers) -> None:
     a.set_defaults(func=_allocate)
 
     c = sub.add_parser("clear", help="clear one round: candidates' values, a budget, a contract")
-    c.add_argument("--values", required=True, help="comma-separated data values")
-    c.add_argument("--budget", required=True, type=float)
-    c.add_argument("--contract", default="fairshare", choices=["fairshare", "royalty"])
-    c.add_argument("--max-rate", type=float, default=0.5)
+    c.add_argument(
+        "--values",
+        required=True,
+        help="comma-separated data values, or a CSV with a 'value' column (procure value's <out>_sources.csv)",
+    )
+    c.add_argument(
+        "--budget",
+        required=True,
+        type=float,
+        help="the buyer's money for this round, in the values' units: the most it pays upfront under fairshare "
+        "(>= 0, 'inf' = unlimited); a royalty buyer pays nothing now (its limit is --max-rate)",
+    )
+    c.add_argument("--contract", default="fairshare", choices=["fairshare", "royalty"], help="pricing contract")
+    c.add_argument(
+        "--max-rate",
+        type=float,
+        default=0.5,
+        help="royalty contract: the largest total rate (share of the realised gain paid to all sellers together) "
+        "the buyer accepts, in [0, 1) (default 0.5)",
+    )
     c.set_defaults(func=_clear)
 
 
@@ -86,10 +102,37 @@ def _simulate(args: argparse.Namespace) -> int:
         recipe = recipe.model_copy(update={"n_runs": args.runs})
     out = Path(args.out or f"runs/market-{Path(args.recipe).stem}")
     res = simulate(recipe, progress=not args.quiet)
-    files = write_simulation(res, out)
-    print(files["summary"].read_text())
-    print("wrote " + ", ".join(str(f) for f in files.values()))
+    names: dict[str, str] = {}
+
+    def build(tmp: Path) -> None:
+        names.update({k: p.name for k, p in write_simulation(res, tmp).items()})
+
+    _publish(build, out, "--out")
+    print((out / names["summary"]).read_text())
+    print("wrote " + ", ".join(str(out / n) for n in names.values()))
     return 0
+
+
+def _publish(build, folder: Path, flag: str) -> None:
+    """Write the result files atomically; an unwritable folder is one line saying where the results are."""
+    from procure.cache import OutputError, publish_files
+
+    try:
+        publish_files(build, folder, what="market")
+    except OutputError as exc:
+        raise UserError(f"{flag}: cannot write {exc.target} ({exc.reason}); the results are in {exc.kept}") from None
+
+
+def _flag_errors(call, **flags: str):
+    """Run ``call()``; a library ``UserError`` that starts with an argument name gets its flag's name."""
+    try:
+        return call()
+    except UserError as exc:
+        msg = str(exc)
+        for name, flag in flags.items():
+            if msg.startswith(f"{name}:"):
+                raise UserError(flag + msg[len(name) :]) from None
+        raise
 
 
 def _allocate(args: argparse.Namespace) -> int:
@@ -108,10 +151,22 @@ def _allocate(args: argparse.Namespace) -> int:
         raise UserError(f"--names: need {n} names, got {len(names)}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        alloc = allocate(values, budgets, caps=caps, monotone=args.monotone)
+        alloc = _flag_errors(
+            lambda: allocate(values, budgets, caps=caps, monotone=args.monotone),
+            values="--values",
+            budgets="--budgets",
+            caps="--caps",
+        )
     for w in caught:
         print(f"procure: warning: {w.message}", file=sys.stderr)
-    files = write_allocation(alloc, Path(args.out), names)
+    out = Path(args.out)
+    written: dict[str, str] = {}
+
+    def build(tmp: Path) -> None:
+        written.update({k: p.name for k, p in write_allocation(alloc, tmp, names).items()})
+
+    _publish(build, out, "--out")
+    files = {k: out / v for k, v in written.items()}
     names = names or [f"party{i}" for i in range(n)]
     print(f"{'party':>12} {'budget':>8} {'v(i)':>8} {'shapley':>8} {'lam':>6} {'payoff':>8} {'model':>8}")
     for i in range(n):
@@ -126,6 +181,28 @@ def _allocate(args: argparse.Namespace) -> int:
 def _clear(args: argparse.Namespace) -> int:
     from procure.market.round import clear_round
 
-    out = clear_round(_numbers(args.values, "--values"), args.budget, args.contract, max_rate=args.max_rate)
-    print(json.dumps(out.to_dict(), indent=2))
+    values, names = _clear_values(args.values)
+    out = clear_round(values, args.budget, args.contract, max_rate=args.max_rate)
+    print(json.dumps(out.to_dict() | ({"names": names} if names else {}), indent=2))
     return 0
+
+
+def _clear_values(text: str) -> tuple[np.ndarray, list[str] | None]:
+    """Comma-separated numbers, or a CSV file with a ``value`` column (and optionally ``source`` names), e.g. the
+    ``<out>_sources.csv`` that ``procure value`` writes: candidates in the file's row order."""
+    p = Path(text)
+    if p.suffix.lower() != ".csv":
+        return _numbers(text, "--values"), None
+    import csv
+
+    if not p.is_file():
+        raise UserError(f"--values: file not found: {p}")
+    with p.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "value" not in rows[0]:
+        raise UserError(f"--values {p}: needs a 'value' column (e.g. the _sources.csv of procure value)")
+    try:
+        values = np.array([float(r["value"]) for r in rows])
+    except ValueError:
+        raise UserError(f"--values {p}: the 'value' column must hold numbers") from None
+    return values, [r["source"] for r in rows] if "source" in rows[0] else None

@@ -237,7 +237,10 @@ def allocate(
         raise UserError(f"monotone: unknown '{monotone}'; choose warn, closure or clip")
     r = None
     if caps is not None:
-        r = np.broadcast_to(np.asarray(caps, dtype=float), (n,)).astype(float)
+        r = np.asarray(caps, dtype=float).reshape(-1)
+        if r.size not in (1, n):
+            raise UserError(f"caps: need {n} numbers (one per party) or one for all, got {r.size}")
+        r = np.broadcast_to(r, (n,)).astype(float)
         if np.any(np.isnan(r)):
             raise UserError("caps: must be numbers (inf = no cap)")
     v0 = v[0]

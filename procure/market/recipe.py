@@ -103,4 +103,4 @@ def load_recipe(path: str | Path) -> SimulateRecipe:
     try:
         return SimulateRecipe.model_validate(data)
     except ValidationError as exc:
-        raise UserError(format_validation_error(exc, str(p))) from None
+        raise UserError(format_validation_error(exc, str(p), SimulateRecipe)) from None

@@ -11,9 +11,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from procure.market.collaborative import Allocation  # noqa: E402
 from procure.market.dynamics import SimulationResult  # noqa: E402
+
+#: (marker, linestyle) per strategy: strategies often coincide (e.g. fairshare and reduced early on), and a line
+#: drawn over another must stay visible
+STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", (0, (5, 1))), ("x", (0, (1, 3)))]
+
+
+def _line(ax, x, y, k: int, label: str) -> None:
+    mk, ls = STYLES[k % len(STYLES)]
+    every = max(1, len(x) // 12)
+    ax.plot(x, y, marker=mk, linestyle=ls, markevery=(k % every, every), markerfacecolor="none", label=label)
 
 
 def periods_frame(res: SimulationResult) -> pd.DataFrame:
@@ -65,17 +76,19 @@ def write_simulation(res: SimulationResult, out: Path) -> dict[str, Path]:
     d0 = deltas[len(deltas) // 2]
     t = np.arange(res.recipe.periods)
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
-    for s in res.strategies:
+    for si, s in enumerate(res.strategies):
         sub = per[per.strategy == s]
         for k, b in enumerate(res.buyers[:2]):
-            axes[k].plot(t, sub[f"{b}_cum_utility_d{d0:g}"], label=s)
+            _line(axes[k], t, sub[f"{b}_cum_utility_d{d0:g}"], si, s)
             axes[k].set_title(f"({'ab'[k]}) buyer '{b}': cumulative utility, delta={d0:g}")
-        axes[2].plot(t, sub["seller_cum_profit"], label=s)
-        axes[3].plot(t, sub["active_sellers"], label=s)
+        _line(axes[2], t, sub["seller_cum_profit"], si, s)
+        _line(axes[3], t, sub["active_sellers"], si, s)
     axes[2].set_title("(c) sellers' average cumulative profit")
-    axes[3].set_title("(d) sellers in the market")
+    axes[3].set_title("(d) sellers in the market (mean over runs)")
+    axes[3].yaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in axes:
         ax.set_xlabel("period t")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "figure4.png", dpi=110)
@@ -83,11 +96,12 @@ def write_simulation(res: SimulationResult, out: Path) -> dict[str, Path]:
     b0 = res.buyers[0]
     fig, axes = plt.subplots(1, len(deltas), figsize=(5 * len(deltas), 4), squeeze=False)
     for ax, d in zip(axes[0], deltas):
-        for s in res.strategies:
-            ax.plot(t, per[per.strategy == s][f"{b0}_cum_utility_d{d:g}"], label=s)
+        for si, s in enumerate(res.strategies):
+            _line(ax, t, per[per.strategy == s][f"{b0}_cum_utility_d{d:g}"], si, s)
         ts = thr[(thr.delta == d) & (thr.buyer == b0)]
         ax.set_title(f"buyer '{b0}', delta={d:g}, t*={int(ts.t_star.max()) if len(ts) else '-'}")
         ax.set_xlabel("period t")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "figure6.png", dpi=110)

@@ -5,9 +5,11 @@ for the influence methods with ``procure.llm.grads``. States are adapter folders
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
+from procure.pipeline import console
 from procure.pipeline.protocols import Example, Task
 from procure.pipeline.recipe import Recipe, train_config
 
@@ -24,9 +26,11 @@ class LLMLearner:
         # warm-up and purchase stages), so every stage is process-local: no DDP, this process saves.
         self.local = int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.recipe = recipe
+        console.status(f"preparing model {recipe.model}")
         self.model_path = resolve_model(recipe.model)
         self.cfg = train_config(recipe)
         self._gen: Any = None
+        self._hf: Any = None
         self._stage: Any = None
 
     # -- training ---------------------------------------------------------------------------------------------
@@ -46,7 +50,9 @@ class LLMLearner:
             update["epochs"] = epochs
         trainer = self._trainer()
         trainer.cfg = self.cfg.model_copy(update=update)
-        res = trainer.train(examples, out_dir, init_adapter=state, progress=False)
+        # the stage's own bar (on the terminal) only outside a round's bars: the warm-up stage
+        bar = console.stream() if self.recipe.progress and console.bars_open() == 0 else False
+        res = trainer.train(examples, out_dir, init_adapter=state, progress=bar)
         return {"n_tokens": int(res.n_tokens), "final_loss": float(res.final_loss)}
 
     # -- evaluation -------------------------------------------------------------------------------------------
@@ -58,11 +64,32 @@ class LLMLearner:
             kw: dict[str, Any] = {"backend": g.backend, "adapter_mode": g.adapter_mode, "lora_rank": self.cfg.lora_r}
             if self.local:
                 kw.update(_process_gpu())
+            console.status(f"starting the generation engine (backend {g.backend}; once per run)")
+            t0 = time.perf_counter()
             self._gen = make_generator(self.model_path, **kw)
+            console.status(f"engine ready: {self._gen.backend} in {time.perf_counter() - t0:.0f} s")
         return self._gen
+
+    def _scorer(self):
+        """A generator with :meth:`lookahead` (the HF backend): the evaluation generator when it is one."""
+        gen = self._generator()
+        if gen.backend == "hf":
+            return gen
+        if self._hf is None:
+            from procure.llm.hf_backend import HFGenerator
+
+            self._hf = HFGenerator(self.model_path, adapter_mode="merged")
+        return self._hf
 
     def evaluate(self, state: Path | None, task: Task, seed: int) -> float:
         from procure.llm.generate import GenParams
+
+        adapter = None if state is None else str(state)
+        if getattr(task, "readout", "generate") == "expected":
+            first, second = self._scorer().lookahead(
+                task.eval_prompts(), task.lookahead_prefix, task.lookahead_symbols, adapter, system=task.system
+            )
+            return float(task.score_lookahead(first, second))
 
         g = self.recipe.generation
         params = GenParams(
@@ -72,9 +99,7 @@ class LLMLearner:
             n=g.samples or int(getattr(task, "samples_per_prompt", 1)),
             seed=seed,
         )
-        gens = self._generator().generate(
-            task.eval_prompts(), None if state is None else str(state), params, system=task.system
-        )
+        gens = self._generator().generate(task.eval_prompts(), adapter, params, system=task.system)
         return float(task.score(gens))
 
     # -- gradients (Infl_IP, DataInf) -------------------------------------------------------------------------
@@ -114,9 +139,10 @@ class LLMLearner:
         return train, val
 
     def close(self) -> None:
-        if self._gen is not None and hasattr(self._gen, "close"):
-            self._gen.close()
-        self._gen = None
+        for gen in (self._gen, self._hf):
+            if gen is not None:
+                gen.close()
+        self._gen = self._hf = None
 
 
 def _process_gpu() -> dict[str, Any]:

@@ -65,24 +65,54 @@ class Ledger:
         p = Path(path)
         if not create and not p.is_file():
             raise UserError(f"no ledger at {p}; give the run directory of a `procure run` (it holds ledger.sqlite)")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(p, timeout=60.0, isolation_level=None)  # autocommit; explicit BEGIN per step
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+        existed = p.is_file() and p.stat().st_size > 0
         try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(p, timeout=60.0, isolation_level=None)  # autocommit; explicit BEGIN per step
+        except (OSError, sqlite3.Error) as exc:
+            raise UserError(
+                f"cannot write the run directory {p.parent} ({_reason(exc)}); choose a writable one"
+            ) from None
+        conn.row_factory = sqlite3.Row
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            if existed:
+                check = conn.execute("PRAGMA quick_check").fetchone()[0]
+                if check != "ok":
+                    raise sqlite3.DatabaseError(str(check).splitlines()[-1].strip())
             conn.execute("BEGIN IMMEDIATE")
             for name, cols in _TABLES.items():
                 conn.execute(f"CREATE TABLE IF NOT EXISTS {name} ({cols})")
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:  # read-only file or folder, disk full, locked
+            conn.close()
+            raise UserError(f"cannot write {p} ({exc}); check the permissions and free space of {p.parent}") from None
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise UserError(f"{p} is not a procure ledger ({exc}); use a fresh --out directory") from None
+            raise UserError(
+                f"{p} is damaged or not a procure ledger ({exc}); move {p.parent} aside (or delete it) and run the "
+                "recipe again into a fresh run directory"
+            ) from None
         return cls(conn, p)
 
     def close(self) -> None:
         self.conn.close()
+
+    def n_steps(self, kind: str | None = None) -> int:
+        """How many steps are recorded (of ``kind``, e.g. ``"settle"``: completed arm-rounds)."""
+        if kind is None:
+            return int(self.conn.execute("SELECT COUNT(*) FROM steps").fetchone()[0])
+        return int(self.conn.execute("SELECT COUNT(*) FROM steps WHERE kind = ?", (kind,)).fetchone()[0])
+
+    def clear(self) -> None:
+        """Delete every recorded step and row (the schema stays): the directory starts over."""
+        with self._tx():
+            for table in _TABLES:
+                if table != "meta":
+                    self.conn.execute(f"DELETE FROM {table}")
+            self.conn.execute("DELETE FROM meta WHERE key != 'schema_version'")
 
     def __enter__(self) -> Ledger:
         return self
@@ -157,6 +187,10 @@ class Ledger:
 
     def _tx(self) -> _Transaction:
         return _Transaction(self.conn)
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
 class _Transaction:

@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from procure.pipeline import trading
+from procure.pipeline import console, trading
 from procure.pipeline.protocols import Candidate, Example, Learner, Scenario, World, coalition_key, digest
 from procure.pipeline.recipe import Recipe
 from procure.pipeline.report import write_report
@@ -95,13 +94,15 @@ class Runner:
         Order: seeds, then rounds, then methods, so all arms of a seed advance together (round 1 of every arm
         shares A_0 and the candidates, and an interrupted run has comparable rounds for every method)."""
         try:
-            for seed in self.recipe.seeds:
-                self._run_seed(seed)
+            try:
+                for seed in self.recipe.seeds:
+                    self._run_seed(seed)
+            finally:
+                self.learner.close()
+            if self.world.is_main:
+                write_report(self.run_dir)
         finally:
-            self.learner.close()
-        if self.world.is_main:
-            write_report(self.run_dir)
-        self.steps.close()
+            self.steps.close()  # also releases the run directory's lock
         return self.run_dir
 
     def _root(self, seed: int) -> str:
@@ -112,6 +113,8 @@ class Runner:
             return base
         node = "warm-" + digest([seed, digest(warm)])
         epochs = getattr(self.recipe.task, "warmup_epochs", None)
+        if self.steps.get(f"train|{node}") is None:
+            console.status(f"seed {seed}: warm-up stage on {len(warm)} rows (the initial state A_0)")
         self.states.train(node, base, 0, "warmup", warm, derive_seed(seed, "warmup"), epochs=epochs, clock=Clock())
         return node
 
@@ -129,16 +132,18 @@ class Runner:
                 round=0,
                 rows=lambda p, arm=arm: {"metrics": [self._metric_row(arm, 0, root, test0)]},
             )
-        bar = tqdm(
-            range(1, self.recipe.rounds + 1), desc=f"seed {seed}", unit="round", disable=not self.recipe.progress
-        )
-        for t in bar:
+        rounds = self.recipe.rounds
+        bar = console.bar(total=rounds * len(arms), desc=f"seed {seed}", unit="arm-round", enabled=self.recipe.progress)
+        for t in range(1, rounds + 1):
             post = {}
             for arm in arms:
+                bar.set_description(f"seed {seed} round {t}/{rounds} {arm.method}")
                 done = self.steps.sync_get(f"settle|{arm.name}|{t}") or self.round(arm, t)
                 arm.state, arm.active, arm.spent = done["state"], done["active"], done["spent"]
                 post[arm.method] = f"{done['metric']:.3g}"
                 bar.set_postfix(post)
+                bar.update(1)
+        bar.set_description(f"seed {seed}")
         bar.close()
 
     # -- one round: six steps ---------------------------------------------------------------------------------
@@ -305,8 +310,8 @@ class Runner:
 
     def _prepare(self, arm: Arm, t: int, coalitions: list[list[Candidate]], clock: Clock) -> None:
         """Train (sharded over processes) and evaluate every coalition the estimator will ask for."""
-        bar = tqdm(
-            coalitions, desc=f"  round {t} coalitions", unit="coal", disable=not self.recipe.progress, leave=False
+        bar = console.bar(
+            coalitions, desc=f"  round {t} coalitions", unit="coal", enabled=self.recipe.progress, leave=False
         )
         for k, members in enumerate(bar):
             bar.set_postfix(S=coalition_key([c.seller for c in members]))

@@ -47,6 +47,11 @@ class ConjointSpec(_Strict):
     val_samples_per_profile: int = Field(1, ge=1)
     test_samples_per_profile: int = Field(1, ge=1)
     world_seed: int | None = Field(None, description="seed of the true/noisy part-worths; None = the arm's seed")
+    readout: Literal["generate", "expected"] = Field(
+        "generate",
+        description="generate: parse 'Rating: X' answers (greedy or sampled, see generation); expected: the "
+        "probability-weighted rating from the next-token distributions after 'Rating: ' (one forward pass, HF)",
+    )
     eval_profiles: Literal["halves", "all"] = Field(
         "halves",
         description="validation and test rate disjoint halves of the 64 profiles (default), or both all 64 "

@@ -10,12 +10,17 @@ training / evaluation / valuation / overhead.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from procure.pipeline.ledger import Ledger
+from procure.pipeline.steps import lock_holder
+
+#: (marker, linestyle) per method: lines of methods that made the same purchases coincide and must stay visible
+STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", (0, (5, 1))), ("x", (0, (1, 3)))]
 
 
 def _frame(ledger: Ledger, table: str) -> pd.DataFrame:
@@ -97,6 +102,34 @@ def summarize(run_dir: str | Path) -> dict[str, pd.DataFrame]:
     return out
 
 
+@dataclass
+class RunProgress:
+    """How far a run got: metric rows recorded (one per arm and round, round 0 included) against the recipe's."""
+
+    done: int
+    expected: int
+    running: int | None  # pid of the process running it now
+    recipe_file: str
+
+    @property
+    def incomplete(self) -> bool:
+        return self.done < self.expected
+
+    @property
+    def summary(self) -> str:
+        return f"{self.done} of {self.expected} arm-rounds recorded, round 0 included"
+
+
+def run_progress(run_dir: str | Path) -> RunProgress:
+    """:class:`RunProgress` of the run in ``run_dir``."""
+    with Ledger.open(Path(run_dir) / "ledger.sqlite", create=False) as led:
+        recipe = json.loads(led.get_meta("recipe") or "{}")
+        done = len(led.rows("metrics"))
+        recipe_file = led.get_meta("recipe_file") or "recipe.yaml"
+    arms = len(recipe.get("methods", [])) * len(recipe.get("seeds", []))
+    return RunProgress(done, arms * (int(recipe.get("rounds", 0)) + 1), lock_holder(Path(run_dir)), recipe_file)
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.md`` and ``run_dir/plots/*.png``; returns the report path."""
     import matplotlib
@@ -111,13 +144,7 @@ def write_report(run_dir: str | Path) -> Path:
     plots.mkdir(exist_ok=True)
     m = frames["metrics"]
     metric_name = str(m["metric_name"].iloc[0]) if not m.empty else "metric"
-    lines = [f"# procure run: {run_dir.name}\n"]
-    if "recipe" in s:
-        r = s["recipe"].iloc[0]
-        lines.append(
-            f"Recipe `{r.get('name')}`: model `{r.get('model')}`, {r.get('rounds')} rounds, methods "
-            f"{', '.join(r.get('methods', []))}, seeds {r.get('seeds')}, contract `{r['market']['contract']}`.\n"
-        )
+    lines = _header(run_dir, s)
     figs: list[tuple[str, str]] = []
 
     if "metric_by_round" in s:
@@ -132,9 +159,10 @@ def write_report(run_dir: str | Path) -> Path:
         lines += ["## Final round\n", md_table(s["final"]), ""]
 
         fig, ax = plt.subplots(figsize=(6, 4))
-        for method, g in m.groupby("method"):
+        for k, (method, g) in enumerate(m.groupby("method")):
             gg = g.groupby("round")[["spent", "metric"]].mean()
-            ax.plot(gg["spent"], gg["metric"], marker="o", label=method)
+            mk, ls = STYLES[k % len(STYLES)]  # methods that spend alike coincide: keep each line visible
+            ax.plot(gg["spent"], gg["metric"], marker=mk, linestyle=ls, markerfacecolor="none", label=method)
         ax.set_xlabel("money spent (cumulative, utility units)")
         ax.set_ylabel(f"test {metric_name}")
         ax.legend()
@@ -147,9 +175,13 @@ def write_report(run_dir: str | Path) -> Path:
         fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.5), squeeze=False, sharey=True)
         for ax, method in zip(axes[0], methods, strict=True):
             g = p[p["method"] == method]
-            sc = ax.scatter(g["round"], g["seller"], c=g["price"], s=40, cmap="viridis")
+            # the same purchase in several seeds lands on one point: its size counts them
+            pts = g.groupby(["round", "seller"]).agg(price=("price", "mean"), times=("price", "size")).reset_index()
+            sc = ax.scatter(pts["round"], pts["seller"], c=pts["price"], s=40 * pts["times"], cmap="viridis")
             ax.set_title(method)
             ax.set_xlabel("round")
+            int_ticks(ax.xaxis, 1, int(p["round"].max()))  # rounds and sellers are counts
+            int_ticks(ax.yaxis, 0, int(p["seller"].max()))
             fig.colorbar(sc, ax=ax, label="price")
         axes[0][0].set_ylabel("seller bought")
         figs.append(("purchases.png", "What was bought from whom at what price (all seeds)"))
@@ -179,6 +211,25 @@ def write_report(run_dir: str | Path) -> Path:
     return out
 
 
+def _header(run_dir: Path, s: dict) -> list[str]:
+    """Title, a warning when the run is incomplete (interrupted or still running), the recipe line."""
+    lines = [f"# procure run: {run_dir.name}\n"]
+    progress = run_progress(run_dir)
+    if progress.incomplete:
+        state = f"still running (process {progress.running})" if progress.running else "stopped before the end"
+        lines.append(
+            f"> **Incomplete run** ({state}): {progress.summary}. Tables and plots show what was recorded; "
+            "resume the run to finish it.\n"
+        )
+    if "recipe" in s:
+        r = s["recipe"].iloc[0]
+        lines.append(
+            f"Recipe `{r.get('name')}`: model `{r.get('model')}`, {r.get('rounds')} rounds, methods "
+            f"{', '.join(r.get('methods', []))}, seeds {r.get('seeds')}, contract `{r['market']['contract']}`.\n"
+        )
+    return lines
+
+
 def _bars(plt, df: pd.DataFrame, col: str, plots: Path, name: str = "payments.png") -> None:
     wide = df.pivot_table(index="seller", columns="method", values=col, aggfunc="sum").fillna(0.0)
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -199,20 +250,28 @@ def plot_metric_per_round(by_round: pd.DataFrame, path: Path, *, ylabel: str, ti
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    styles = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-")]
     for k, (method, g) in enumerate(by_round.groupby("method")):
-        mk, ls = styles[k % len(styles)]  # arms often coincide (same purchase): keep each line visible
+        mk, ls = STYLES[k % len(STYLES)]  # arms often coincide (same purchase): keep each line visible
         ax.plot(g["round"], g["mean"], marker=mk, linestyle=ls, label=method, markerfacecolor="none")
         ax.fill_between(g["round"], g["min"], g["max"], alpha=0.15)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    int_ticks(ax.xaxis, int(by_round["round"].min()), int(by_round["round"].max()))
     ax.set_xlabel("round (0 = initial state)")
     ax.set_ylabel(ylabel)
     ax.legend()
     ax.set_title(title, fontsize=10)
     _save(fig, path)
+
+
+def int_ticks(axis, lo: int, hi: int) -> None:
+    """Integer ticks on a count axis: every value from ``lo`` to ``hi`` when there are few, else integer steps."""
+    from matplotlib.ticker import MaxNLocator
+
+    if hi - lo <= 15:
+        axis.set_ticks(range(lo, hi + 1))
+    else:
+        axis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _save(fig, path: Path) -> None:

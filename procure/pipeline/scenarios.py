@@ -113,6 +113,7 @@ class ConjointScenario:
                 seed=self.seed,
                 split="validation" if split == "val" else "test",
                 profiles=self.spec.eval_profiles,
+                readout=self.spec.readout,
             )
         return self._tasks[split]
 

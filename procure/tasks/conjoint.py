@@ -188,6 +188,24 @@ class ConjointScore:
     ratings: np.ndarray = field(repr=False)
 
 
+def expected_ratings(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """The probability-weighted rating of each prompt from two next-token steps after "Rating: ".
+
+    ``first`` (n, 11): log p of the symbols 0-9 and "." as the first answer token; ``second`` (n, 11, 11): log p
+    of the same symbols after each of them. With q(d) = p(first digit d) over the digits and, given d,
+    r(e) = p(second digit e) and r(.) = p(the number ends) over digits and ".",
+    ``E = sum_d q(d) [r(.) d + sum_e r(e) (10 d + e)]``, clipped to [0, 100]. Three-digit answers (100) are
+    read as their first two digits: one forward pass, no decoding."""
+    first, second = np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64)
+    q = np.exp(first[:, :10] - first[:, :10].max(axis=1, keepdims=True))
+    q /= q.sum(axis=1, keepdims=True)
+    r = np.exp(second[:, :10, :] - second[:, :10, :].max(axis=2, keepdims=True))
+    r /= r.sum(axis=2, keepdims=True)
+    d = np.arange(10.0)
+    given = r[:, :, 10] * d + (r[:, :, :10] * (10.0 * d[:, None] + d[None, :])).sum(axis=2)  # (n, 10)
+    return np.clip((q * given).sum(axis=1), 0.0, 100.0)
+
+
 def profile_half(split: Literal["validation", "test"]) -> np.ndarray:
     """The 32 profiles of a split: validation = even ``a + b + c``, test = odd (two halves of the 4^3 design).
 
@@ -207,6 +225,9 @@ class ConjointEval:
     so selecting on validation never sees a test answer. ``profiles="all"``: both rate all 64 profiles in
     different orders with different ``sampling_seed`` (fresh samples only when sampling, temperature > 0; under
     greedy decoding the two splits then give identical answers, i.e. validation would be the test set).
+
+    ``readout="generate"``: parse generated "Rating: X" answers (:meth:`score`); ``"expected"``: the learner
+    scores the next-token distributions instead (:meth:`score_lookahead`, :func:`expected_ratings`).
     """
 
     name = "conjoint"
@@ -225,6 +246,7 @@ class ConjointEval:
         unparseable: Literal["impute", "drop"] = "impute",
         impute_value: float = 50.0,
         profiles: Literal["halves", "all"] = "halves",
+        readout: Literal["generate", "expected"] = "generate",
     ):
         if split not in ("validation", "test"):
             raise UserError(f"conjoint: split must be 'validation' or 'test', not '{split}'")
@@ -236,6 +258,9 @@ class ConjointEval:
         self.samples_per_prompt = samples_per_profile
         self.split = split
         self.sampling_seed = int(np.random.SeedSequence([seed, 0 if split == "validation" else 1]).generate_state(1)[0])
+        if readout not in ("generate", "expected"):
+            raise UserError(f"conjoint: readout must be 'generate' or 'expected', not '{readout}'")
+        self.readout = readout
         if profiles not in ("halves", "all"):
             raise UserError(f"conjoint: profiles must be 'halves' or 'all', not '{profiles}'")
         pool = profile_half(split) if profiles == "halves" else np.asarray(PROFILES)
@@ -275,6 +300,21 @@ class ConjointEval:
     def score(self, generations: list[list[str]]) -> float:
         """AvgErr (rating points, lower = better) of the sampled answers; see :meth:`evaluate`."""
         return self.evaluate(generations).avg_err
+
+    #: the expected-rating readout: the model's answer is forced to start with this prefix ...
+    lookahead_prefix = "Rating: "
+    #: ... and these single tokens are scored after it and after each of them (``Generator.lookahead``)
+    lookahead_symbols = [str(d) for d in range(10)] + ["."]
+
+    def score_lookahead(self, first: np.ndarray, second: np.ndarray) -> float:
+        """AvgErr of the expected ratings (:func:`expected_ratings`) of this split's profiles, one per profile."""
+        y = expected_ratings(first, second)
+        if len(y) != len(self.profiles):
+            raise UserError(f"conjoint: got {len(y)} expected ratings, expected {len(self.profiles)}")
+        fitted = fit_partworths(self.profiles, y)
+        err = float(np.abs(fitted - centre(self.world.true)).mean())
+        self.last = ConjointScore(err, fitted, len(y), 0, y)
+        return err
 
     def utility(self, metric: float) -> float:
         return -float(metric)

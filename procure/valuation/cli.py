@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -47,7 +47,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="value the rows (or sources) of a table: ADS, DS, LOO, KNN-Shapley, KNN-ADS, HCDV",
         description="Data values of a table's rows or sources, written as CSV (id, group, value, stderr).",
     )
-    p.add_argument("--method", required=True, choices=METHODS, help="valuation method")
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(p: argparse.ArgumentParser, methods: Sequence[str] = METHODS) -> None:
+    """The flags of ``procure value`` on a table (:func:`run` reads them); ``methods`` = the ``--method`` choices,
+    so that a composing layer can register one ``value`` command for tables and other data."""
+    p.add_argument("--method", required=True, choices=list(methods), help="valuation method")
     p.add_argument("--data", required=True, help="training table: .csv, .parquet or a saved HF dataset folder")
     p.add_argument("--groups", default=None, help="column with the ordered group (round) of each row (ads, knn-ads)")
     p.add_argument("--group-order", default=None, help="comma-separated group labels in sigma order")
@@ -73,7 +80,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="values.csv", help="output CSV (default values.csv)")
     p.add_argument("--top", type=int, default=5, help="rows to print from the top and the bottom (default 5)")
     p.add_argument("--plot", default=None, help="also write a PNG: sorted values coloured by group")
-    p.set_defaults(func=run)
 
 
 def _split_list(s: str | None) -> list[str] | None:
@@ -140,14 +146,35 @@ def run(args: argparse.Namespace) -> int:
     values, stderr, note = _values(args, budget, x, y, x_test, y_test, src, groups)
     table = pd.DataFrame({"id": src.ids, "group": src.groups_of, "value": values, "stderr": stderr})
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, index=False)
+    owners = _owners(train, src, values, args) if args.owner else None
+    owners_path = out.with_name(out.stem + "_owners" + out.suffix)
+
+    def build(tmp: Path) -> None:
+        table.to_csv(tmp / out.name, index=False)
+        if owners is not None:
+            owners.to_csv(tmp / owners_path.name, index=False)
+
+    _publish(build, out.parent, "--out")
     _show(table, args, note, out)
+    if owners is not None:
+        top = owners.sort_values("value", ascending=False, kind="stable").head(10)
+        print("owner totals: " + ", ".join(f"{o}: {v:.4f}" for o, v in zip(top["owner"], top["value"])))
+        print(f"wrote {owners_path}")
     if args.plot:
-        _plot(table, args, note, Path(args.plot))
-    if args.owner:
-        _owners(train, src, values, args, out)
+        plot = Path(args.plot)
+        _publish(lambda tmp: _plot(table, args, note, tmp / plot.name), plot.parent, "--plot")
+        print(f"wrote {plot}")
     return 0
+
+
+def _publish(build, folder: Path, flag: str) -> None:
+    """Write atomically; an unwritable folder is one line that says where the finished results are."""
+    from procure.cache import OutputError, publish_files
+
+    try:
+        publish_files(build, folder, what="value")
+    except OutputError as exc:
+        raise UserError(f"{flag}: cannot write {exc.target} ({exc.reason}); the results are in {exc.kept}") from None
 
 
 def _split(df: pd.DataFrame, label: str, size: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -221,7 +248,8 @@ def _show(table: pd.DataFrame, args, note: str, out: Path) -> None:
     console.print(f"wrote {out}")
 
 
-def _owners(train: pd.DataFrame, src, values: np.ndarray, args, out: Path) -> None:
+def _owners(train: pd.DataFrame, src, values: np.ndarray, args) -> pd.DataFrame:
+    """Value per contributor (``--owner``): the sum of its sources' values."""
     from procure.valuation.aggregate import aggregate
 
     owners = []
@@ -231,10 +259,7 @@ def _owners(train: pd.DataFrame, src, values: np.ndarray, args, out: Path) -> No
             raise UserError(f"--owner '{args.owner}': source '{sid}' has several owners {list(who)[:3]}")
         owners.append(who[0])
     agg = aggregate(values, owners)
-    path = out.with_name(out.stem + "_owners" + out.suffix)
-    pd.DataFrame({"owner": list(agg), "value": list(agg.values())}).to_csv(path, index=False)
-    print("owner totals: " + ", ".join(f"{o}: {v:.4f}" for o, v in sorted(agg.items(), key=lambda kv: -kv[1])[:10]))
-    print(f"wrote {path}")
+    return pd.DataFrame({"owner": list(agg), "value": list(agg.values())})
 
 
 def _plot(table: pd.DataFrame, args, note: str, path: Path) -> None:
@@ -258,7 +283,5 @@ def _plot(table: pd.DataFrame, args, note: str, path: Path) -> None:
     ax.legend(fontsize=8)
     fig.text(0.01, 0.01, note, fontsize=6)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    print(f"wrote {path}")

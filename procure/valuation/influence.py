@@ -82,6 +82,10 @@ def grad_ip(train_grads: Mapping[str, torch.Tensor], val_grad: Mapping[str, torc
     return out
 
 
+#: largest row chunk (bytes) of one gradient part that :func:`datainf` reduces in one pass
+ROW_CHUNK_BYTES = 16 << 20
+
+
 def datainf(
     train_grads: Mapping[str, torch.Tensor],
     val_grad: Mapping[str, torch.Tensor],
@@ -110,9 +114,10 @@ def datainf(
         sq = torch.zeros(n, dtype=torch.float64)  # |g_il|^2
         gv = torch.zeros(n, dtype=torch.float64)  # <g_il, v_l>
         for g, v in parts:
-            # row chunks of ~1 MB: the norm and the dot product then read each chunk from cache, so this pass
-            # costs one read of G from memory instead of two (the whole function is memory-bound)
-            step = max(1, (1 << 20) // max(1, g.shape[1] * g.element_size()))
+            # row chunks of up to ROW_CHUNK_BYTES (whole parts in practice): each chunk is one OpenMP region per
+            # operation. 1 MB chunks (cache-sized: one read of G instead of two) issued ~8,600 small regions
+            # at n = 2,000, which collapses when another process shares the cores (eval/bench_threads.py)
+            step = max(1, ROW_CHUNK_BYTES // max(1, g.shape[1] * g.element_size()))
             for s in range(0, n, step):
                 chunk = g[s : s + step]
                 sq[s : s + step] += torch.linalg.vector_norm(chunk, dim=1).double() ** 2

@@ -81,6 +81,9 @@ def feature_matrix(
         cols = list(features)
     else:
         skip = {c for c in exclude if c is not None}
+        for c in df.columns:
+            if c not in skip and not pd.api.types.is_numeric_dtype(df[c]):
+                _check_mostly_numeric(df[c])
         cols = [c for c in df.columns if c not in skip and pd.api.types.is_numeric_dtype(df[c])]
         if also_in is not None:
             cols = [c for c in cols if c in also_in.columns]
@@ -94,6 +97,23 @@ def feature_matrix(
         bad = [c for c in cols if df[c].isna().any()]
         raise UserError(f"features: column '{bad[0]}' has missing values; fill or drop them first")
     return x, cols
+
+
+def _check_mostly_numeric(col: pd.Series) -> None:
+    """A text column whose cells are mostly numbers is a numeric feature with a few bad cells: say which,
+    rather than dropping the whole column from the default features."""
+    if pd.api.types.is_bool_dtype(col):
+        return
+    present = col.notna()
+    numbers = pd.to_numeric(col, errors="coerce").notna()
+    bad = present & ~numbers
+    if present.sum() == 0 or not bad.any() or numbers.sum() < 0.5 * present.sum():
+        return
+    pos = int(np.flatnonzero(bad.to_numpy())[0])
+    raise UserError(
+        f"features: column '{col.name}' is numeric except for {int(bad.sum())} cell(s) (first: data row {pos + 1}, "
+        f"{col.iloc[pos]!r}); fix those cells, or name the feature columns to use"
+    )
 
 
 def ordered_groups(values: pd.Series, order: Sequence[str] | None) -> list:

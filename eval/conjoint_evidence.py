@@ -1,0 +1,245 @@
+"""Does state-conditioned valuation buy better conjoint data? The paired, multi-seed measurement (issue 12).
+
+Runs ``recipes/conjoint-evidence.yaml`` (arms ads, loo, random and the two references noise_oracle and
+hindsight; every arm of a seed shares the candidates and A_0) into a run directory, resumably, and summarises
+every seed whose arms have all finished:
+
+- per seed and round: each arm's test metric, what it bought (seller, noise share), its values;
+- paired differences per round (ads - random, ads - loo, ads - noise_oracle, noise_oracle - random,
+  hindsight - random) with percentile-bootstrap 95 % intervals over seeds;
+- the share of rounds in which each arm bought the lowest-noise seller;
+- valuation quality apart from what one fine-tune does: the Spearman correlation between a method's values
+  and the sellers' clean shares (1 - noise), per round, averaged with a bootstrap interval.
+
+Writes ``eval/results/conjoint_evidence.json`` and ``.png`` (small, committed) and prints the README table.
+
+    nohup .venv/bin/python eval/conjoint_evidence.py --seeds 0 1 2 3 4 5 6 7 8 9 > evidence.log 2>&1 &
+    .venv/bin/python eval/conjoint_evidence.py --summary-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIRS = (
+    ("ads", "random"),
+    ("ads", "loo"),
+    ("ads", "noise_oracle"),
+    ("noise_oracle", "random"),
+    ("hindsight", "random"),
+    ("loo", "random"),
+)
+
+
+def bootstrap_ci(x, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap 95 % interval of the mean of ``x`` (NaN for fewer than 2 values)."""
+    import numpy as np
+
+    x = np.asarray(x, dtype=float)
+    if len(x) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), (n_boot, len(x)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _stat(x) -> dict[str, Any]:
+    import numpy as np
+
+    x = [float(v) for v in x]
+    lo, hi = bootstrap_ci(x)
+    sd = float(np.std(x, ddof=1)) if len(x) > 1 else float("nan")
+    return {"mean": float(np.mean(x)) if x else float("nan"), "sd": sd, "ci95": [lo, hi], "n": len(x)}
+
+
+def evidence(run_dirs: list[Path]) -> dict[str, Any]:
+    """The summary dict (module docstring) over the finished seeds of one or more run directories."""
+    import pandas as pd
+    from scipy.stats import spearmanr
+
+    from procure.pipeline.report import summarize
+
+    parts = [summarize(d)["_frames"] for d in run_dirs]
+    f = {k: pd.concat([p[k] for p in parts], ignore_index=True) for k in parts[0]}
+    m, p, c, v = f["metrics"], f["purchases"], f["candidates"], f["valuations"]
+    rounds = int(m["round"].max())
+    arms = sorted(m["method"].unique())
+    done = m[m["round"] == rounds].groupby("seed")["method"].nunique()
+    seeds = sorted(int(s) for s in done[done == len(arms)].index)
+    per_seed: dict[str, Any] = {}
+    metric = {}  # (arm, seed, round) -> metric
+    for r in m.itertuples():
+        metric[(r.method, int(r.seed), int(r.round))] = float(r.metric)
+    cleanest, quality = {a: [] for a in arms}, {a: [] for a in arms}
+    for s in seeds:
+        per_seed[str(s)] = {}
+        for t in range(rounds + 1):
+            row: dict[str, Any] = {}
+            for a in arms:
+                cell: dict[str, Any] = {"metric": metric[(a, s, t)]}
+                if t > 0:
+                    cs = c[(c["method"] == a) & (c["seed"] == s) & (c["round"] == t)]
+                    noise = {int(x.seller): float(x.noise) for x in cs.itertuples()}
+                    vs = v[(v["method"] == a) & (v["seed"] == s) & (v["round"] == t)]
+                    vals = {int(x.seller): float(x.value) for x in vs.itertuples()}
+                    bought = sorted(int(x) for x in p[(p["method"] == a) & (p["seed"] == s) & (p["round"] == t)].seller)
+                    cell.update(noise=noise, values=vals, bought=bought, bought_noise=[noise[b] for b in bought])
+                    if noise:
+                        best = min(noise.values())
+                        cleanest[a].append(float(any(noise[b] == best for b in bought)))
+                    sellers = sorted(set(vals) & set(noise))
+                    if (
+                        len(sellers) > 1
+                        and len({vals[j] for j in sellers}) > 1
+                        and len({noise[j] for j in sellers}) > 1
+                    ):
+                        rho = spearmanr([vals[j] for j in sellers], [1 - noise[j] for j in sellers]).statistic
+                        quality[a].append(float(rho))
+                row[a] = cell
+            per_seed[str(s)][str(t)] = row
+    by_round = {a: {str(t): _stat([metric[(a, s, t)] for s in seeds]) for t in range(rounds + 1)} for a in arms}
+    paired = {}
+    for x, y in PAIRS:
+        if x in arms and y in arms:
+            paired[f"{x} - {y}"] = {
+                str(t): _stat([metric[(x, s, t)] - metric[(y, s, t)] for s in seeds]) for t in range(1, rounds + 1)
+            }
+    name = str(m["metric_name"].iloc[0]) if "metric_name" in m else "metric"
+    return {
+        "metric": name,
+        "lower_is_better": name == "avg_err",
+        "seeds": seeds,
+        "rounds": rounds,
+        "arms": arms,
+        "per_seed": per_seed,
+        "metric_by_round": by_round,
+        "paired_differences": paired,
+        "bought_cleanest_share": {a: _stat(cleanest[a]) for a in arms},
+        "spearman_values_vs_clean_share": {a: _stat(quality[a]) for a in arms if quality[a]},
+        "note": "paired differences are per seed, same candidates and A_0; intervals: percentile bootstrap over "
+        "seeds (10,000 resamples); Spearman over each round's sellers (3 values), averaged over seeds x rounds",
+    }
+
+
+def table(ev: dict[str, Any]) -> str:
+    """The README tables (markdown) from :func:`evidence`'s dict."""
+
+    def fmt(st: dict) -> str:
+        lo, hi = st["ci95"]
+        return f"{st['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+    out = [f"{len(ev['seeds'])} seeds x {ev['rounds']} rounds; test {ev['metric']} (lower is better).", ""]
+    arms = ev["arms"]
+    out += ["| round | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
+    for t in range(ev["rounds"] + 1):
+        cells = [
+            f"{ev['metric_by_round'][a][str(t)]['mean']:.2f} ± {ev['metric_by_round'][a][str(t)]['sd']:.2f}"
+            for a in arms
+        ]
+        out.append(f"| {t} | " + " | ".join(cells) + " |")
+    out += ["", "Paired differences (mean [95 % bootstrap interval]; negative = the first arm has lower error):", ""]
+    pairs = list(ev["paired_differences"])
+    out += ["| round | " + " | ".join(pairs) + " |", "|---" * (len(pairs) + 1) + "|"]
+    for t in range(1, ev["rounds"] + 1):
+        out.append(f"| {t} | " + " | ".join(fmt(ev["paired_differences"][k][str(t)]) for k in pairs) + " |")
+    out += ["", "| arm | bought the lowest-noise seller | Spearman(values, clean share) |", "|---|---|---|"]
+    for a in arms:
+        share = ev["bought_cleanest_share"][a]
+        rho = ev["spearman_values_vs_clean_share"].get(a)
+        rho_txt = "-" if rho is None else fmt(rho)
+        out.append(f"| {a} | {share['mean']:.2f} ({share['n']} rounds) | {rho_txt} |")
+    return "\n".join(out) + "\n"
+
+
+def plot(ev: dict[str, Any], path: Path) -> None:
+    """Left: test metric per round per arm (mean, 95 % interval). Right: paired differences with intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    rounds = list(range(ev["rounds"] + 1))
+    styles = ["-", "--", ":", "-.", (0, (5, 1))]
+    for k, arm in enumerate(ev["arms"]):
+        st = [ev["metric_by_round"][arm][str(t)] for t in rounds]
+        x = [t + 0.04 * (k - 2) for t in rounds]  # small offsets keep coinciding arms visible
+        a1.errorbar(
+            x,
+            [s["mean"] for s in st],
+            yerr=[[s["mean"] - s["ci95"][0] for s in st], [s["ci95"][1] - s["mean"] for s in st]],
+            label=arm,
+            ls=styles[k % len(styles)],
+            marker="o",
+            capsize=3,
+        )
+    a1.set_xlabel("round")
+    a1.set_ylabel(f"test {ev['metric']}")
+    a1.set_title(f"{len(ev['seeds'])} seeds: mean and 95 % interval")
+    a1.xaxis.set_major_locator(MaxNLocator(integer=True))
+    a1.legend()
+    pr = list(range(1, ev["rounds"] + 1))
+    for k, (name, d) in enumerate(ev["paired_differences"].items()):
+        st = [d[str(t)] for t in pr]
+        x = [t + 0.06 * (k - len(ev["paired_differences"]) / 2) for t in pr]
+        a2.errorbar(
+            x,
+            [s["mean"] for s in st],
+            yerr=[[s["mean"] - s["ci95"][0] for s in st], [s["ci95"][1] - s["mean"] for s in st]],
+            label=name,
+            marker="o",
+            ls="none",
+            capsize=3,
+        )
+    a2.axhline(0, color="gray", lw=0.8)
+    a2.set_xlabel("round")
+    a2.set_ylabel(f"paired difference in test {ev['metric']}")
+    a2.set_title("per-seed paired differences, 95 % bootstrap interval")
+    a2.xaxis.set_major_locator(MaxNLocator(integer=True))
+    a2.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", default=str(ROOT / "recipes" / "conjoint-evidence.yaml"))
+    ap.add_argument("--seeds", type=int, nargs="*", default=None)
+    ap.add_argument("--out", default=str(ROOT / "runs" / "conjoint-evidence"))
+    ap.add_argument("--summary-only", action="store_true")
+    ap.add_argument("--results", default=str(ROOT / "eval" / "results" / "conjoint_evidence.json"))
+    args = ap.parse_args()
+    out = Path(args.out)
+    if not args.summary_only:
+        import yaml
+
+        from procure.pipeline.loop import run_recipe
+        from procure.pipeline.recipe import parse_recipe
+
+        data = yaml.safe_load(Path(args.recipe).read_text())
+        if args.seeds:
+            data["seeds"] = args.seeds
+        run_recipe(parse_recipe(data, args.recipe), out, resume=(out / "ledger.sqlite").exists())
+    ev = evidence([out])
+    res = Path(args.results)
+    res.parent.mkdir(parents=True, exist_ok=True)
+    res.write_text(json.dumps(ev, indent=1))
+    plot(ev, res.with_suffix(".png"))
+    print(table(ev))
+
+
+if __name__ == "__main__":
+    main()

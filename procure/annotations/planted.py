@@ -1,0 +1,190 @@
+"""Planted-annotator data sets: annotation batches whose bad annotators and bad rows are known, the ground truth
+for ``procure value`` (shared by the tests and ``eval/bench_value.py``).
+
+- ``conjoint``: product ratings (:mod:`procure.tasks.conjoint`, the prompt of the pipeline's conjoint task).
+  Good annotators rate from the world's true part-worths; ``n_noisy`` bad ones from an unrelated draw (the
+  world's ``noisy`` part-worths) and ``n_biased`` bad ones from the true part-worths plus ``bias`` points
+  (a lenient rater). Every row of a bad annotator is a bad row. The reference (the buyer's dev set) is rated
+  from the true part-worths.
+- ``choice``: multiple-choice arithmetic in the QA task's format (:mod:`procure.tasks.qa`: "Question: ... a) x ,
+  b) y ..." -> "Answer: C"). ``n_bad`` bad annotators give a wrong letter in a share ``bad_wrong`` of their rows,
+  good ones in a share ``good_wrong``; a bad row is a row with a wrong letter. The reference is answered right.
+
+Bad annotators are drawn at random among ``a00..a{n-1}`` (seeded), so their position says nothing.
+Rows: ``{"id", "annotator", "prompt", "response", "system", "bad_row", "bad_annotator"}``; reference rows:
+``{"prompt", "response", "system"}``. :meth:`Planted.write` saves both as JSONL for ``procure value``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from procure.errors import UserError
+
+KINDS = ("conjoint", "choice")
+
+
+@dataclass
+class Planted:
+    """A planted data set: annotation rows, the reference rows and the names of the bad annotators."""
+
+    kind: str
+    rows: list[dict[str, Any]]
+    reference: list[dict[str, Any]]
+    bad_annotators: list[str]
+
+    @property
+    def annotators(self) -> list[str]:
+        return list(dict.fromkeys(r["annotator"] for r in self.rows))
+
+    def write(self, folder: str | Path) -> tuple[Path, Path]:
+        """``folder/<kind>_data.jsonl`` and ``folder/<kind>_reference.jsonl``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = folder / f"{self.kind}_data.jsonl", folder / f"{self.kind}_reference.jsonl"
+        for path, rows in zip(paths, (self.rows, self.reference)):
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return paths
+
+
+def _bad_set(n_annotators: int, n_bad: int, rng: np.random.Generator) -> set[int]:
+    if not 0 <= n_bad <= n_annotators or n_annotators < 1:
+        raise UserError(f"planted: {n_bad} bad annotators among {n_annotators}")
+    return set(rng.choice(n_annotators, n_bad, replace=False).tolist())
+
+
+def planted_conjoint(
+    n_annotators: int = 8,
+    rows_per_annotator: int = 16,
+    n_noisy: int = 2,
+    n_biased: int = 2,
+    bias: float = 25.0,
+    reference_size: int = 32,
+    seed: int = 0,
+) -> Planted:
+    """Conjoint ratings from true / noisy / biased part-worths (module docstring)."""
+    from procure.tasks.base import load_template
+    from procure.tasks.conjoint import ConjointWorld, instruction, render_profile, sample_profiles
+
+    rng = np.random.default_rng(seed)
+    world = ConjointWorld(seed)
+    bad = sorted(_bad_set(n_annotators, n_noisy + n_biased, rng))
+    kinds = {a: ("noisy" if k < n_noisy else "biased") for k, a in enumerate(rng.permutation(bad).tolist())}
+    answer, system = load_template("conjoint")["answer"], instruction()
+
+    def rated(profiles: np.ndarray, kind: str) -> list[tuple[str, str]]:
+        source = "noisy" if kind == "noisy" else "true"
+        ratings = world.rate(profiles, source, rng) + (bias if kind == "biased" else 0.0)
+        ratings = np.rint(np.clip(ratings, 0.0, 100.0)).astype(int)
+        return [(render_profile(p), answer.format(rating=int(r))) for p, r in zip(profiles, ratings)]
+
+    rows = []
+    for a in range(n_annotators):
+        kind = kinds.get(a, "true")
+        for prompt, response in rated(sample_profiles(rows_per_annotator, rng), kind):
+            rows.append(
+                {
+                    "id": f"a{a:02d}-{len(rows):05d}",
+                    "annotator": f"a{a:02d}",
+                    "prompt": prompt,
+                    "response": response,
+                    "system": system,
+                    "bad_row": kind != "true",
+                    "bad_annotator": kind != "true",
+                    "planted": kind,
+                }
+            )
+    reference = [
+        {"prompt": p, "response": r, "system": system} for p, r in rated(sample_profiles(reference_size, rng), "true")
+    ]
+    return Planted("conjoint", rows, reference, [f"a{a:02d}" for a in bad])
+
+
+def _question(rng: np.random.Generator, n_choices: int) -> dict[str, Any]:
+    a, b = (int(x) for x in rng.integers(2, 60, 2))
+    op = "+" if rng.random() < 0.6 else "-"
+    right = a + b if op == "+" else a - b
+    wrong: set[int] = set()
+    for d in rng.permutation([1, -1, 2, -2, 10, -10, 11, -11, 9, -9]).tolist():
+        if len(wrong) == n_choices - 1:
+            break
+        wrong.add(right + int(d))
+    choices = [right, *sorted(wrong)]
+    order = rng.permutation(n_choices)
+    return {
+        "question": f"What is {a} {op} {b}?",
+        "choices": [str(choices[i]) for i in order],
+        "answer": int(np.flatnonzero(order == 0)[0]),
+    }
+
+
+def planted_choice(
+    n_annotators: int = 8,
+    rows_per_annotator: int = 16,
+    n_bad: int = 3,
+    bad_wrong: float = 0.6,
+    good_wrong: float = 0.05,
+    reference_size: int = 32,
+    n_choices: int = 4,
+    seed: int = 0,
+) -> Planted:
+    """Multiple-choice rows with a share of wrong letters (module docstring)."""
+    from procure.tasks.qa import qa_rows
+
+    if not (0 <= good_wrong <= 1 and 0 <= bad_wrong <= 1) or not 2 <= n_choices <= 10:
+        raise UserError("planted: wrong-letter shares must be in [0, 1] and n_choices in [2, 10]")
+    rng = np.random.default_rng(seed)
+    bad = _bad_set(n_annotators, n_bad, rng)
+    rows = []
+    for a in range(n_annotators):
+        share = bad_wrong if a in bad else good_wrong
+        n_wrong = int(round(share * rows_per_annotator))
+        wrong = set(rng.choice(rows_per_annotator, n_wrong, replace=False).tolist())
+        for k in range(rows_per_annotator):
+            ex = _question(rng, n_choices)
+            if k in wrong:
+                ex = {**ex, "answer": int(rng.choice([i for i in range(n_choices) if i != ex["answer"]]))}
+            row = qa_rows([ex])[0]
+            rows.append(
+                {
+                    "id": f"a{a:02d}-{len(rows):05d}",
+                    "annotator": f"a{a:02d}",
+                    "prompt": row["prompt"],
+                    "response": row["answer"],
+                    "system": row["system"],
+                    "bad_row": k in wrong,
+                    "bad_annotator": a in bad,
+                    "planted": "wrong" if k in wrong else "right",
+                }
+            )
+    reference = [
+        {"prompt": r["prompt"], "response": r["answer"], "system": r["system"]}
+        for r in qa_rows([_question(rng, n_choices) for _ in range(reference_size)])
+    ]
+    return Planted("choice", rows, reference, [f"a{a:02d}" for a in sorted(bad)])
+
+
+def make_planted(kind: str, **options: Any) -> Planted:
+    """``planted_conjoint(**options)`` or ``planted_choice(**options)``."""
+    if kind == "conjoint":
+        return planted_conjoint(**options)
+    if kind == "choice":
+        return planted_choice(**options)
+    raise UserError(f"planted: unknown kind '{kind}'; use {' or '.join(KINDS)}")
+
+
+def auc(scores: Any, positive: Any) -> float:
+    """Area under the ROC curve of ``scores`` for finding the ``positive`` items (ties count one half):
+    the probability that a random positive scores above a random negative. NaN without both classes."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(positive, dtype=bool)
+    pos, neg = s[y], s[~y]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))
