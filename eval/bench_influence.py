@@ -52,15 +52,21 @@ def smollm2_lora_shapes(r: int = 8) -> list[tuple[str, tuple[int, int], tuple[in
     return out
 
 
-def bench_datainf(n: int) -> dict:
-    from procure.valuation.influence import datainf, datainf_loop
-
+def random_lora_grads(n: int) -> tuple[dict, dict]:
+    """Seeded random per-sample gradients (n, ...) and a validation gradient with SmolLM2's LoRA r=8 q/v shapes."""
     gen = torch.Generator().manual_seed(0)
     train, val = {}, {}
     for layer, a_shape, b_shape in smollm2_lora_shapes():
         for kind, shape in (("A", a_shape), ("B", b_shape)):
             train[f"{layer}.lora_{kind}.default.weight"] = torch.randn(n, *shape, generator=gen)
             val[f"{layer}.lora_{kind}.default.weight"] = torch.randn(*shape, generator=gen)
+    return train, val
+
+
+def bench_datainf(n: int) -> dict:
+    from procure.valuation.influence import datainf, datainf_loop
+
+    train, val = random_lora_grads(n)
     ours_s, ours = _timeit(lambda: datainf(train, val), repeat=3)
     ref_s, ref = _timeit(lambda: datainf_loop(train, val))
     err = float((ours - ref).abs().max() / ref.abs().max())

@@ -37,16 +37,11 @@ def child(n: int, chunk: int | None, reps: int, out: str | None) -> None:
     from procure.valuation import influence
 
     sys.path.insert(0, str(HERE.parent))
-    from bench_influence import smollm2_lora_shapes
+    from bench_influence import random_lora_grads
 
     if chunk is not None:
         influence.ROW_CHUNK_BYTES = chunk
-    gen = torch.Generator().manual_seed(0)
-    train, val = {}, {}
-    for layer, a_shape, b_shape in smollm2_lora_shapes():
-        for kind, shape in (("A", a_shape), ("B", b_shape)):
-            train[f"{layer}.lora_{kind}.default.weight"] = torch.randn(n, *shape, generator=gen)
-            val[f"{layer}.lora_{kind}.default.weight"] = torch.randn(*shape, generator=gen)
+    train, val = random_lora_grads(n)
     influence.datainf(train, val)  # warm-up
     best, values = float("inf"), None
     for _ in range(reps):

@@ -95,6 +95,22 @@ def plot(f: dict, path: Path) -> None:
     plot_metric_per_round(by_round, path, ylabel="test AvgErr (lower is better)", title=title)
 
 
+def run_recipe_file(recipe: str, out: Path, seeds: list[int] | None = None, rounds: int | None = None) -> None:
+    """Run (or resume, when ``out`` holds its ledger) a recipe file into ``out``, optionally with other seeds or
+    rounds (a resume must keep the ones it started with)."""
+    import yaml
+
+    from procure.pipeline.loop import run_recipe
+    from procure.pipeline.recipe import parse_recipe
+
+    data = yaml.safe_load(Path(recipe).read_text())
+    if seeds:
+        data["seeds"] = seeds
+    if rounds:
+        data["rounds"] = rounds
+    run_recipe(parse_recipe(data, recipe), out, resume=(out / "ledger.sqlite").exists())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--recipe", default=str(ROOT / "recipes" / "conjoint-ads.yaml"))
@@ -106,18 +122,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     if not args.summary_only:
-        import yaml
-
-        from procure.pipeline.loop import run_recipe
-        from procure.pipeline.recipe import parse_recipe
-
-        data = yaml.safe_load(Path(args.recipe).read_text())
-        if args.seeds:
-            data["seeds"] = args.seeds
-        if args.rounds:
-            data["rounds"] = args.rounds
-        recipe = parse_recipe(data, args.recipe)
-        run_recipe(recipe, out, resume=(out / "ledger.sqlite").exists())
+        run_recipe_file(args.recipe, out, seeds=args.seeds, rounds=args.rounds)
     f = frames([out, *map(Path, args.also)])
     text = summary(f)
     plot(f, out / "metric_per_round.png")

@@ -224,15 +224,9 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     if not args.summary_only:
-        import yaml
+        from conjoint_compare import run_recipe_file
 
-        from procure.pipeline.loop import run_recipe
-        from procure.pipeline.recipe import parse_recipe
-
-        data = yaml.safe_load(Path(args.recipe).read_text())
-        if args.seeds:
-            data["seeds"] = args.seeds
-        run_recipe(parse_recipe(data, args.recipe), out, resume=(out / "ledger.sqlite").exists())
+        run_recipe_file(args.recipe, out, seeds=args.seeds)
     ev = evidence([out])
     res = Path(args.results)
     res.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,6 @@ through the CLI, results equal to the library on the same data, the gradient and
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -208,14 +207,9 @@ def test_tracin_is_infl_ip_summed_over_checkpoints(conjoint, checkpoints, tmp_pa
 
 
 def _shapley_brute_force(utility: dict[frozenset, float], n: int) -> np.ndarray:
-    phi = np.zeros(n)
-    orders = list(itertools.permutations(range(n)))
-    for order in orders:
-        seen: frozenset = frozenset()
-        for i in order:
-            phi[i] += utility[seen | {i}] - utility[seen]
-            seen = seen | {i}
-    return phi / len(orders)
+    from test_pipeline_loop import shapley_bruteforce  # the permutation form over all n! orders
+
+    return shapley_bruteforce(utility, n)
 
 
 def _recorded(coalitions: pd.DataFrame, names: list[str]) -> dict[frozenset, float]:

@@ -161,9 +161,10 @@ class GradientStore:
 
     def _model_at(self, adapter: str | Path | None):
         import torch
-        from peft import LoraConfig, PeftModel, get_peft_model
+        from peft import PeftModel
 
         from procure.llm.models import load_model
+        from procure.llm.train import add_lora
 
         if self._base is None:
             self._base = load_model(self.model_path, dtype="float32")
@@ -179,19 +180,12 @@ class GradientStore:
             if not 1 <= self.lora.layers <= n_layers:
                 raise UserError(f"--lora-layers must be in [1, {n_layers}] for this model (got {self.lora.layers})")
             extra["layers_to_transform"] = list(range(n_layers - self.lora.layers, n_layers))
-        cfg = LoraConfig(
-            r=self.lora.r,
-            lora_alpha=self.lora.alpha,
-            lora_dropout=0.0,
-            target_modules=list(self.lora.target_modules),
-            bias="none",
-            task_type="CAUSAL_LM",
-            **extra,
-        )
         try:
-            return get_peft_model(self._base, cfg)
-        except ValueError as exc:
-            raise UserError(f"--target-modules {','.join(self.lora.target_modules)}: {_first_line(exc)}") from None
+            return add_lora(self._base, self.lora.r, self.lora.alpha, self.lora.target_modules, **extra)
+        except UserError as exc:
+            raise UserError(
+                f"--target-modules {','.join(self.lora.target_modules)}: {str(exc).split(': ', 1)[1]}"
+            ) from None
 
     def _release(self, model) -> None:
         self._base = model.unload()
@@ -294,8 +288,3 @@ class GradientStore:
             (tmp / "meta.json").write_text(json.dumps({"version": VERSION, "model": self.model_path}))
 
         build_once(cache_dir("grads") / key, build)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

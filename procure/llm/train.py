@@ -68,6 +68,26 @@ class StageResult:
     losses: list[float] = field(default_factory=list)  # per micro-batch, in order
 
 
+def add_lora(base, r: int, alpha: float, target_modules, *, dropout: float = 0.0, **options):
+    """``base`` with a fresh LoRA (B = 0) of rank ``r`` and scale ``alpha / r`` on ``target_modules`` (peft);
+    ``options`` go to ``LoraConfig`` (e.g. ``layers_to_transform``). A name that matches no module: UserError."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+        **options,
+    )
+    try:
+        return get_peft_model(base, cfg)
+    except ValueError as exc:
+        raise UserError(f"target_modules {list(target_modules)}: {str(exc).splitlines()[0]}") from None
+
+
 class StageTrainer:
     """Trains LoRA stages on one base model kept in memory.
 
@@ -120,7 +140,7 @@ class StageTrainer:
         return pad_batch(rows, self.tokenizer.pad_token_id, side="right")
 
     def _wrap(self, init_adapter: Path | None):
-        from peft import LoraConfig, PeftModel, get_peft_model
+        from peft import PeftModel
 
         cfg = self.cfg
         self._torch.manual_seed(cfg.seed)  # LoRA A init
@@ -129,18 +149,7 @@ class StageTrainer:
             if not (init_adapter / "adapter_config.json").is_file():
                 raise UserError(f"init_adapter {init_adapter}: no adapter_config.json; give a saved LoRA folder")
             return PeftModel.from_pretrained(self.base, str(init_adapter), is_trainable=True)
-        lcfg = LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=list(cfg.target_modules),
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-        try:
-            return get_peft_model(self.base, lcfg)
-        except ValueError as exc:
-            raise UserError(f"target_modules {cfg.target_modules}: {str(exc).splitlines()[0]}") from None
+        return add_lora(self.base, cfg.lora_r, cfg.lora_alpha, cfg.target_modules, dropout=cfg.lora_dropout)
 
     def _optimizer(self, params):
         cfg = self.cfg
