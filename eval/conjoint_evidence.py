@@ -214,6 +214,19 @@ def plot(ev: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with NaN / inf floats as None (strict JSON)."""
+    import math
+
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default=str(ROOT / "recipes" / "conjoint-evidence.yaml"))
@@ -230,7 +243,7 @@ def main() -> None:
     ev = evidence([out])
     res = Path(args.results)
     res.parent.mkdir(parents=True, exist_ok=True)
-    res.write_text(json.dumps(ev, indent=1))
+    res.write_text(json.dumps(_finite(ev), indent=1, allow_nan=False))
     plot(ev, res.with_suffix(".png"))
     print(table(ev))
 
