@@ -115,3 +115,10 @@ def test_cli_run_and_report_on_the_stand_in(tmp_path):
     text = (tmp_path / "out" / "report.md").read_text()
     assert "Purchases per seller" in text and "plots/metric_per_round.png" in text
     assert (tmp_path / "out" / "plots" / "metric_per_round.png").stat().st_size > 1000
+
+
+def test_exact_max_candidates_above_the_enumeration_limit_is_a_recipe_error():
+    base = {"name": "x", "rounds": 1, "methods": ["ads"], "task": {"kind": "conjoint"}}
+    with pytest.raises(UserError, match="valuation.exact_max_candidates"):
+        parse_recipe({**base, "valuation": {"exact_max_candidates": 21}})
+    assert parse_recipe({**base, "valuation": {"exact_max_candidates": 20}}).valuation.exact_max_candidates == 20

@@ -110,7 +110,7 @@ TaskSpec = Annotated[ConjointSpec | QASpec | PluginSpec, Field(discriminator="ki
 class ValuationSpec(_Strict):
     """How candidates are valued (ADS exact/MC switch, MC permutations, gradient projection)."""
 
-    exact_max_candidates: int = Field(6, ge=1, description="ADS is exact up to this many candidates, else MC")
+    exact_max_candidates: int = Field(6, ge=1, le=20, description="ADS is exact up to this many candidates, else MC")
     mc_permutations: int = Field(20, ge=1)
     projection_dim: int | None = Field(None, ge=1, description="random projection of LoRA gradients (influence)")
     grad_batch_size: int = Field(16, ge=1)
