@@ -45,9 +45,9 @@ def _run(args: argparse.Namespace) -> int:
     with console.capture(verbose=args.verbose):
         arms = len(recipe.arms())
         where = "" if args.verbose else f"; library logs in {out / console.LOG_NAME}"
+        verb = "resuming" if (out / "ledger.sqlite").exists() else "starting"  # make demo always passes --resume
         console.status(
-            f"{'resuming' if args.resume else 'starting'} run '{recipe.name}' ({arms} arm{'s' * (arms > 1)} x "
-            f"{recipe.rounds} rounds) in {out}{where}"
+            f"{verb} run '{recipe.name}' ({arms} arm{'s' * (arms > 1)} x {recipe.rounds} rounds) in {out}{where}"
         )
         from procure.pipeline.loop import run_recipe
 
