@@ -60,6 +60,19 @@ def build_once(target: Path, build: Callable[[Path], None]) -> Path:
     return write_dir_atomically(target, build, replace=False)
 
 
+def write_file_atomically(path: Path, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` through a sibling temp file and a rename: readers see the old file or the whole
+    new one, never a part."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if isinstance(data, bytes):
+        tmp.write_bytes(data)
+    else:
+        tmp.write_text(data)
+    os.replace(tmp, path)
+    return path
+
+
 class OutputError(OSError):
     """Results could not be written to ``target``; they are complete in ``kept`` (a temporary folder)."""
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from procure.annotations.gradients import _sha, adapter_identity, model_identity, rows_digest
-from procure.cache import cache_dir
+from procure.cache import cache_dir, write_file_atomically
 from procure.errors import UserError
 
 METRICS = ("loss", "exact-match")
@@ -84,9 +84,7 @@ class CoalitionUtility:
         if value is None:
             value = self._evaluate(rows)
             if self.cache:
-                tmp = path.with_suffix(f".tmp-{id(self)}")
-                tmp.write_text(json.dumps({"value": value, "n_rows": len(rows), "metric": self.metric}))
-                tmp.replace(path)
+                write_file_atomically(path, json.dumps({"value": value, "n_rows": len(rows), "metric": self.metric}))
         else:
             self.cached += 1
         self.records[S] = value

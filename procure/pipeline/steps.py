@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from procure.cache import write_file_atomically
 from procure.errors import UserError
 from procure.pipeline import console
 from procure.pipeline.ledger import Ledger
@@ -229,9 +230,7 @@ def _write_recipe_copy(run_dir: Path, recipe: dict[str, Any], ours: str | None) 
     if target.exists() and ours != name and target.read_text(errors="replace") != text:
         name = "recipe.run.yaml"
         console.status(f"{target} is not overwritten; the recipe as run is in {run_dir / name}")
-    tmp = run_dir / f".{name}.tmp-{os.getpid()}"
-    tmp.write_text(text)
-    os.replace(tmp, run_dir / name)
+    write_file_atomically(run_dir / name, text)
     return name
 
 

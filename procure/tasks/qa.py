@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from procure.cache import cache_dir
+from procure.cache import cache_dir, write_file_atomically
 from procure.errors import UserError
 from procure.tasks.base import load_template
 
@@ -65,10 +65,7 @@ def bigbench_task_json(task: str = "elementary_math_qa", subtask: str | None = "
             raise UserError(
                 f"bigbench: no task '{task}'" + (f" subtask '{subtask}'" if subtask else "") + " in the sdist"
             )
-    tmp = target.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(target)
-    return target
+    return write_file_atomically(target, data)
 
 
 def _download_bigbench(dest: Path) -> None:
