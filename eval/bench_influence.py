@@ -1,9 +1,10 @@
 """Benchmark: data values for LLM training data, ours vs the reference in one process.
 
-1. ``datainf`` (vectorised) vs the naive per-sample, per-layer loop of the DESIGN.md formula, n = 2,000 random
+1. ``datainf`` (vectorised) vs the naive per-sample, per-block loop of the DESIGN.md formula, n = 2,000 random
    gradients with SmolLM2-135M LoRA r = 8 shapes (q_proj, v_proj on 30 layers: 460,800 values per sample).
 2. Quality on a tiny model: Spearman correlation of DataInf with the exact damped inverse influence
-   g_i . (C_l + lam_l I)^-1 v_l per LoRA layer block, C_l = (1/n) sum_i g_il g_il^T the exact empirical
+   g_i . (C_l + lam_l I)^-1 v_l per DataInf block (default: one per LoRA tensor, DESIGN.md),
+   C_l = (1/n) sum_i g_il g_il^T the exact empirical
    Fisher that DataInf inverts approximately (Kwon et al.'s curvature), and of Infl_IP with the one-step
    training oracle of seeds/004 (appendix section 7.2). (An exact-Hessian variant by Hessian-vector products
    took ~8 s per product on the shared CPU and was dropped.)
@@ -75,7 +76,7 @@ def bench_datainf(n: int) -> dict:
         "what": f"datainf, n={n}, SmolLM2 LoRA r=8 q/v shapes ({p:,} values/sample, float32)",
         "ours": ours_s,
         "ref": ref_s,
-        "ref_name": "naive per-sample per-layer loop",
+        "ref_name": "naive per-sample per-block loop",
         "check": f"max rel. diff {err:.1e}",
     }
 
@@ -141,7 +142,7 @@ def bench_exact_influence(n_train: int = 64, n_val: int = 32, warm_steps: int = 
     def exact(scale: float) -> np.ndarray:
         """Exact damped Fisher block inverse: g_il . (G_l^T G_l / n + lam_l I)^-1 v_l, lam_l as datainf's."""
         out = np.zeros(len(train))
-        for parts in _block_parts(g, v, "layer").values():
+        for parts in _block_parts(g, v, "param").values():
             gb = torch.cat([x for x, _ in parts], dim=1)  # (n, p_l)
             vb = torch.cat([y for _, y in parts])
             lam = scale * float((gb**2).mean())
@@ -150,9 +151,9 @@ def bench_exact_influence(n_train: int = 64, n_val: int = 32, warm_steps: int = 
         return out
 
     fisher = exact(0.1)
-    p_total = sum(x.shape[1] for parts in _block_parts(g, v, "layer").values() for x, _ in parts)
+    p_total = sum(x.shape[1] for parts in _block_parts(g, v, "param").values() for x, _ in parts)
     rho = {
-        "DataInf vs exact damped Fisher inverse (per layer, lambda_scale 0.1)": spearmanr(ours, fisher).statistic,
+        "DataInf vs exact damped Fisher inverse (per tensor, lambda_scale 0.1)": spearmanr(ours, fisher).statistic,
         "Infl_IP vs exact damped Fisher inverse": spearmanr(ip, fisher).statistic,
         "Infl_IP vs one-step oracle (lr 1e-4)": spearmanr(ip, oracle).statistic,
         "DataInf vs one-step oracle (lr 1e-4)": spearmanr(ours, oracle).statistic,
@@ -294,29 +295,39 @@ def bench_bm25(n_docs: int, n_queries: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke run, not the reported numbers)")
+    parts = ("quality", "bm25", "grads", "datainf")
+    ap.add_argument("--only", nargs="+", choices=parts, default=list(parts), help="run only these parts")
     args = ap.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
-    rho, info = bench_exact_influence(32 if args.quick else 64, 16 if args.quick else 32)
-    print(f"\nInfluence quality on the tiny Llama (n={info['n']} conjoint rows, {info['p']} LoRA parameters):\n")
-    print("| pair | Spearman |")
-    print("|---|---:|")
-    for k, v in rho.items():
-        print(f"| {k} | {v:.3f} |", flush=True)
+    if "quality" in args.only:
+        _quality(args.quick)
     print("\n| benchmark | ours (s) | reference (s) | reference | speed-up | check |")
     print("|---|---:|---:|---|---:|---|", flush=True)
-    for job in (
-        lambda: bench_bm25(1000 if args.quick else 10_000, 20 if args.quick else 200),
-        lambda: bench_grads(16 if args.quick else 32, 16 if args.quick else 32, 2 if args.quick else 5),
-        lambda: bench_grads(16 if args.quick else 32, 16 if args.quick else 32, 1 if args.quick else 3, task="qa"),
-        lambda: bench_datainf(200 if args.quick else 2000),
-    ):
+    jobs = {
+        "bm25": [lambda: bench_bm25(1000 if args.quick else 10_000, 20 if args.quick else 200)],
+        "grads": [
+            lambda: bench_grads(16 if args.quick else 32, 16 if args.quick else 32, 2 if args.quick else 5),
+            lambda: bench_grads(16 if args.quick else 32, 16 if args.quick else 32, 1 if args.quick else 3, task="qa"),
+        ],
+        "datainf": [lambda: bench_datainf(200 if args.quick else 2000)],
+    }
+    for job in (j for part in parts if part in args.only for j in jobs.get(part, [])):
         r = job()
         print(
             f"| {r['what']} | {r['ours']:.3f} | {r['ref']:.3f} | {r['ref_name']} | {r['ref'] / r['ours']:.1f}x "
             f"| {r['check']} |",
             flush=True,
         )
+
+
+def _quality(quick: bool) -> None:
+    rho, info = bench_exact_influence(32 if quick else 64, 16 if quick else 32)
+    print(f"\nInfluence quality on the tiny Llama (n={info['n']} conjoint rows, {info['p']} LoRA parameters):\n")
+    print("| pair | Spearman |")
+    print("|---|---:|")
+    for k, v in rho.items():
+        print(f"| {k} | {v:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

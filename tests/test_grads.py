@@ -132,7 +132,7 @@ def test_projection_is_the_seeded_sketch_of_each_layer_block(tiny):
     exact = per_sample_lora_grads(model, tok, EXAMPLES, batch_size=2, progress=False)
     proj = per_sample_lora_grads(model, tok, EXAMPLES, batch_size=4, projection_dim=16, seed=5, progress=False)
     again = per_sample_lora_grads(model, tok, EXAMPLES, batch_size=5, projection_dim=16, seed=5, progress=False)
-    blocks = lora_blocks(exact, per_sample=True)
+    blocks = lora_blocks(exact, per_sample=True, blocks="layer")
     assert list(proj) == list(blocks)
     for i, (name, g) in enumerate(blocks.items()):
         sketch = _projector(5, i, g.shape[1], 16).to(g.dtype)

@@ -53,9 +53,48 @@ def test_datainf_float32_input_and_param_blocks():
     t32 = {k: v.float() for k, v in train.items()}
     v32 = {k: v.float() for k, v in val.items()}
     torch.testing.assert_close(datainf(t32, v32), datainf(train, val), rtol=1e-5, atol=1e-6)
-    ref = datainf_loop(train, val, blocks="param")  # each parameter its own block (Kwon et al.'s code)
-    torch.testing.assert_close(datainf(train, val, blocks="param"), ref, rtol=1e-9, atol=1e-9)
-    assert not torch.allclose(datainf(train, val, blocks="param"), datainf(train, val))
+    ref = datainf_loop(train, val, blocks="layer")  # lora_A and lora_B^T of a layer joined: the option
+    torch.testing.assert_close(datainf(train, val, blocks="layer"), ref, rtol=1e-9, atol=1e-9)
+    # the default is one block per tensor (Kwon et al.'s code), which differs from the joined layout
+    torch.testing.assert_close(datainf(train, val), datainf(train, val, blocks="param"), rtol=0, atol=0)
+    assert not torch.allclose(datainf(train, val, blocks="layer"), datainf(train, val))
+
+
+def _released_code_datainf(train, val, lambda_const_param=10.0):
+    """Kwon et al.'s released ``compute_IF`` restated: dicts per training sample, one block per weight name,
+    lam = mean over samples of mean(g^2) / lambda_const_param; their IF is minus this (positive = helpful)."""
+    n = next(iter(train.values())).shape[0]
+    tr = {i: {k: train[k][i] for k in train} for i in range(n)}
+    score = torch.zeros(n, dtype=torch.float64)
+    for w, v in val.items():
+        lam = torch.stack([torch.mean(tr[i][w] ** 2) for i in range(n)]).mean() / lambda_const_param
+        if lam == 0:
+            continue  # their code would divide 0 by 0 here; DESIGN.md skips the block
+        hvp = torch.zeros_like(v)
+        for i in range(n):
+            c = torch.sum(v * tr[i][w]) / (lam + torch.sum(tr[i][w] ** 2))
+            hvp += (v - c * tr[i][w]) / (n * lam)
+        for i in range(n):
+            score[i] += torch.sum(hvp * tr[i][w])
+    return score
+
+
+@settings(max_examples=10, deadline=None)
+@given(n=st.integers(1, 8), seed=st.integers(0, 999), fresh=st.booleans())
+def test_datainf_default_equals_released_code_and_skips_zero_blocks(n, seed, fresh):
+    train, val = _random_lora_grads(n, [(4, 3), (2, 5)], 2, seed)
+    if fresh:  # a fresh LoRA (B = 0): every lora_A gradient is exactly zero
+        for k in train:
+            if ".lora_A." in k:
+                train[k] = torch.zeros_like(train[k])
+                val[k] = torch.zeros_like(val[k])
+    ours = datainf(train, val)
+    assert torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, _released_code_datainf(train, val), rtol=1e-9, atol=1e-9)
+    if fresh:  # the zero blocks add nothing: the same as valuing on the lora_B tensors alone
+        only_b = [k for k in train if ".lora_B." in k]
+        alone = datainf({k: train[k] for k in only_b}, {k: val[k] for k in only_b})
+        torch.testing.assert_close(ours, alone, rtol=0, atol=0)
 
 
 def test_datainf_single_sample_closed_form():
@@ -97,7 +136,9 @@ def test_grad_ip_equals_explicit_dot_products(n, layers, seed):
 def test_lora_blocks_pairs_a_and_transposed_b():
     a = torch.arange(2 * 2 * 3, dtype=torch.float64).reshape(2, 2, 3)  # n=2, r=2, d_in=3
     b = torch.arange(2 * 4 * 2, dtype=torch.float64).reshape(2, 4, 2)  # n=2, d_out=4, r=2
-    blocks = lora_blocks({"m.q.lora_A.default.weight": a, "m.q.lora_B.default.weight": b, "proj": a}, per_sample=True)
+    grads = {"m.q.lora_A.default.weight": a, "m.q.lora_B.default.weight": b, "proj": a}
+    assert list(lora_blocks(grads, per_sample=True)) == list(grads)  # default: one block per tensor
+    blocks = lora_blocks(grads, per_sample=True, blocks="layer")
     assert list(blocks) == ["m.q", "proj"]
     assert blocks["m.q"].shape == (2, 6 + 8)
     torch.testing.assert_close(blocks["m.q"][1], torch.cat([a[1].reshape(-1), b[1].T.reshape(-1)]))

@@ -211,7 +211,7 @@ def _round_candidates(led: Ledger, seed: int, t: int) -> list[dict]:
     return json.loads(step["payload"])
 
 
-@pytest.mark.parametrize("method", ["bm25", "infl_ip", "datainf", "constant", "random"])
+@pytest.mark.parametrize("method", ["bm25", "bm25-clamp", "infl_ip", "datainf", "constant", "random"])
 def test_sample_level_methods_equal_the_functions_summed_per_seller(tmp_path, method):
     """The ledger's values are the valuation functions' values on the same inputs (texts, or the gradients at
     the arm's state A_{t-1}), summed per seller; round 2 runs at a trained state, not the base."""
@@ -222,7 +222,10 @@ def test_sample_level_methods_equal_the_functions_summed_per_seller(tmp_path, me
     from procure.valuation import influence
     from procure.valuation.bm25 import bm25_values
 
-    d = run(tmp_path, methods=[method], seeds=[0], rounds=2, market={"contract": "fairshare", "max_purchases": 1})
+    idf = "clamp" if method == "bm25-clamp" else "okapi"
+    method = method.removesuffix("-clamp")
+    market = {"contract": "fairshare", "max_purchases": 1}
+    d = run(tmp_path, methods=[method], seeds=[0], rounds=2, market=market, valuation={"bm25_idf": idf})
     scen = FakeScenario({}, 0, 3)
     ref = scen.reference_examples()
     with Ledger.open(d / "ledger.sqlite", create=False) as led:
@@ -239,9 +242,8 @@ def test_sample_level_methods_equal_the_functions_summed_per_seller(tmp_path, me
             elif method == "random":
                 per = influence.random_values(len(rows), seed=derive_seed(0, t, "random"))
             elif method == "bm25":
-                per = bm25_values(
-                    [f"{e['prompt']} {e['answer']}" for e in rows], [f"{e['prompt']} {e['answer']}" for e in ref]
-                )
+                texts = [f"{e['prompt']} {e['answer']}" for e in rows]
+                per = bm25_values(texts, [f"{e['prompt']} {e['answer']}" for e in ref], idf=idf)
             else:
                 g, vg = FakeLearner({}).grads(None if state is None else d / state, rows, ref, 0)
                 per = (influence.grad_ip if method == "infl_ip" else influence.datainf)(g, vg)

@@ -82,6 +82,14 @@ def test_bm25_values_equal_bm25_values(conjoint, tmp_path, capsys):
     assert out.with_name("bm25_sources.png").read_bytes()[:4] == b"\x89PNG"
     text = capsys.readouterr().out
     assert "top and bottom 5 rows by value" in text and "sources (value = sum over rows" in text
+    clamped, _, _ = _value(tmp_path, data, ref, "bm25", "--bm25-idf", "clamp", name="bm25_clamp")
+    want = bm25_values(
+        [f"{r['prompt']} {r['response']}" for r in p.rows],
+        [f"{r['prompt']} {r['response']}" for r in p.reference],
+        idf="clamp",
+    )
+    np.testing.assert_allclose(clamped["value"], want, rtol=1e-12)
+    assert not np.allclose(clamped["value"], rows["value"])
 
 
 def _library_grads(p, adapter=None, layers=None):

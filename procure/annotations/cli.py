@@ -40,6 +40,7 @@ ROW_DEFAULTS = {
     "max_length": 256,
     "truncate": False,
     "projection_dim": None,
+    "bm25_idf": "okapi",
     "lora_r": 8,
     "lora_alpha": 16.0,
     "lora_layers": None,
@@ -98,6 +99,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-length", type=int, default=None, help="tokens per row (default 256); longer is an error")
     g.add_argument("--truncate", action="store_true", default=None, help="cut rows longer than --max-length")
     g.add_argument("--projection-dim", type=int, default=None, help="random projection of gradients per layer")
+    g.add_argument(
+        "--bm25-idf",
+        choices=("okapi", "clamp"),
+        default=None,
+        help="bm25: rank-bm25's floored idf (default, as seeds/004) or clamp a negative idf at 0 (bm25s, Lucene)",
+    )
     g.add_argument("--lora-r", type=int, default=None, help="rank of a fresh LoRA (default 8)")
     g.add_argument("--lora-alpha", type=float, default=None, help="alpha of a fresh LoRA (default 16)")
     g.add_argument("--target-modules", default=None, help="LoRA modules (default q_proj,v_proj)")
@@ -250,6 +257,7 @@ def run_rows(args: argparse.Namespace) -> int:
         train={"epochs": o["epochs"], "lr": o["lr"], "batch_size": o["batch_size"]},
         grad_batch_size=o["grad_batch_size"],
         projection_dim=o["projection_dim"],
+        bm25_idf=o["bm25_idf"],
         metric=o["metric"],
         budget=budget,
         seed=args.seed,

@@ -59,6 +59,7 @@ class ValueOptions:
     train: dict[str, Any] = field(default_factory=lambda: {"epochs": 1.0, "lr": 1e-3, "batch_size": 8})
     grad_batch_size: int = 16
     projection_dim: int | None = None
+    bm25_idf: str = "okapi"
     metric: str = "loss"
     budget: Budget = field(default_factory=Budget)
     seed: int = 0
@@ -99,6 +100,8 @@ def check_options(method: str, reference: Annotations | None, opts: ValueOptions
         raise UserError(f"--projection-dim must be >= 1 (got {opts.projection_dim})")
     if opts.max_length < 2:
         raise UserError(f"--max-length must be >= 2 (got {opts.max_length})")
+    if opts.bm25_idf != "okapi" and method != "bm25":
+        raise UserError(f"--bm25-idf sets BM25's idf; drop it with --method {method.replace('_', '-')}")
     if opts.lora.layers is not None and (method in SOURCE_METHODS or opts.adapters):
         raise UserError("--lora-layers sets the fresh LoRA of the gradient methods; drop it with --adapter, loo or ads")
 
@@ -123,7 +126,7 @@ def value_annotations(
     if method in ROW_METHODS:
         stats = None
         if method == "bm25":
-            val = estimate("bm25", TextData(data.texts, reference.texts))
+            val = estimate("bm25", TextData(data.texts, reference.texts, idf=opts.bm25_idf))
         elif method in ("constant", "random"):
             val = estimate(method, len(data), seed=opts.seed)
         else:

@@ -271,7 +271,7 @@ def _project(
 ) -> dict[str, torch.Tensor]:
     from procure.valuation.influence import lora_blocks
 
-    blocks = lora_blocks(batch, per_sample=True)
+    blocks = lora_blocks(batch, per_sample=True, blocks="layer")  # one sketch per LoRA layer
     out = {}
     for index, (name, g) in enumerate(blocks.items()):
         if name not in sketches:

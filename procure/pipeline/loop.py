@@ -306,6 +306,7 @@ class Runner:
             reference=scen.reference_examples,
             grads=grads,
             seed=lambda tag: derive_seed(arm.seed, t, tag),
+            bm25_idf=self.recipe.valuation.bm25_idf,
         )
 
     def _prepare(self, arm: Arm, t: int, coalitions: list[list[Candidate]], clock: Clock) -> None:

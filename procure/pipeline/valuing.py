@@ -47,7 +47,8 @@ class RoundInputs:
     ``utility(members) -> (state, v(S))``; ``prepare(coalitions)`` trains/evaluates them up front;
     ``reference()`` the buyer's representative rows; ``grads(rows) -> (per-sample grads, mean reference grad)``;
     ``seed(tag)`` a seed for the tagged random draw (``"mc"``, ``"random"``); ``test_utility(members)`` the
-    held-out test utility of A(S; A_{t-1}) (the ``hindsight`` reference arm only)."""
+    held-out test utility of A(S; A_{t-1}) (the ``hindsight`` reference arm only); ``bm25_idf`` the BM25 idf
+    mode."""
 
     utility: Callable[[list[Candidate]], tuple[str, float]]
     prepare: Callable[[list[list[Candidate]]], None]
@@ -55,6 +56,7 @@ class RoundInputs:
     grads: Callable[[list[Example]], tuple[dict, dict]]
     seed: Callable[[str], int]
     test_utility: Callable[[list[Candidate]], float] | None = None
+    bm25_idf: str = "okapi"
 
 
 def value_candidates(method: str, cands: list[Candidate], budget: Budget, io: RoundInputs) -> RoundValues:
@@ -99,7 +101,8 @@ def _by_rows(method: str, cands: list[Candidate], io: RoundInputs) -> Valuation:
         g, vg = io.grads(rows)
         per = estimate(method, GradData(g, vg))
     elif method == "bm25":
-        per = estimate(method, TextData([_text(e) for e in rows], [_text(e) for e in io.reference()]))
+        texts, reference = [_text(e) for e in rows], [_text(e) for e in io.reference()]
+        per = estimate(method, TextData(texts, reference, idf=io.bm25_idf))
     else:
         per = estimate(method, len(rows), seed=io.seed("random"))
     groups, k = [], 0

@@ -11,12 +11,18 @@ Okapi BM25 score over the reference queries, with exactly the statistics of rank
 Hand-written instead of calling ``BM25Okapi.get_scores`` in a loop: the per-(document, term) weights form
 one sparse matrix W (docs x vocabulary), so all queries are scored at once as W @ mean_q(counts_q), which is
 the same number (BM25 is linear in the query's term counts) at a tiny fraction of the cost.
+
+``idf="clamp"`` sets a negative idf to 0 instead (the clamp-at-zero BM25 of bm25s and Lucene-style engines;
+rank-bm25's ``BM25Okapi(epsilon=0)``). With the Okapi floor, terms in more than half of the candidates (template
+words: "Rating", "profile") get a positive idf of about 0.25 x the mean, comparable to the rare content words
+when most terms are common; clamped, they score nothing. rank-bm25's floor stays the default: seeds/004 used it.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -24,6 +30,10 @@ import scipy.sparse as sp
 from procure.errors import UserError
 
 _TOKEN = re.compile(r"\w+")
+
+#: how a negative idf (a term in more than half of the candidates) is treated: rank-bm25's floor or 0
+Idf = Literal["okapi", "clamp"]
+IDF_MODES = ("okapi", "clamp")
 
 
 def tokenize(text: str) -> list[str]:
@@ -84,15 +94,18 @@ def bm25_scores(candidates: Sequence[str], reference: Sequence[str], **params: f
     return np.asarray((q @ w.T).todense())
 
 
-def bm25_values(candidates: list[str], reference: list[str]) -> np.ndarray:
+def bm25_values(candidates: list[str], reference: list[str], idf: Idf = "okapi") -> np.ndarray:
     """Mean BM25Okapi score of each candidate over the reference queries; shape (len(candidates),).
 
     Units: BM25 score (non-negative unless a term's floored idf is negative); higher = more similar to the
-    reference set = more valuable. See the module docstring for the formula.
+    reference set = more valuable. ``idf``: ``"okapi"`` (rank-bm25's floor, epsilon = 0.25) or ``"clamp"``
+    (negative idf -> 0). See the module docstring for the formula.
     """
     if len(reference) == 0:
         raise UserError("bm25: the reference set is empty; pass at least one reference text")
-    w, vocab = bm25_weights(candidates)
+    if idf not in IDF_MODES:
+        raise UserError(f"bm25: idf {idf!r} is not one of {', '.join(IDF_MODES)}")
+    w, vocab = bm25_weights(candidates, epsilon=0.25 if idf == "okapi" else 0.0)
     q = _count_matrix([tokenize(t) for t in reference], vocab, grow=False)
     q_mean = np.asarray(q.sum(axis=0)).ravel() / len(reference)
     return np.asarray(w @ q_mean, dtype=np.float64).ravel()

@@ -124,10 +124,12 @@ class TabularData:
 
 @dataclass(frozen=True)
 class TextData:
-    """Candidate texts (players) and the buyer's reference texts (BM25 queries)."""
+    """Candidate texts (players) and the buyer's reference texts (BM25 queries); ``idf``: ``"okapi"``
+    (rank-bm25, the default) or ``"clamp"`` (negative idf -> 0), see :mod:`procure.valuation.bm25`."""
 
     texts: Sequence[str]
     reference: Sequence[str]
+    idf: str = "okapi"
 
 
 @dataclass(frozen=True)
@@ -231,7 +233,7 @@ def _samples(method: str, source: Any, seed: int) -> Valuation:
         from procure.valuation.bm25 import bm25_values
 
         d = _as(method, source, TextData)
-        values = bm25_values(list(d.texts), list(d.reference))
+        values = bm25_values(list(d.texts), list(d.reference), idf=d.idf)  # type: ignore[arg-type]
     elif method in ("infl_ip", "datainf"):
         d = _as(method, source, GradData)
         fn = grad_ip if method == "infl_ip" else datainf

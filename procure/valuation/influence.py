@@ -27,14 +27,15 @@ _LORA = re.compile(r"^(?P<layer>.*)\.lora_(?P<kind>[AB])(?:\..*)?$")
 
 
 def lora_blocks(
-    grads: Mapping[str, torch.Tensor], *, per_sample: bool, blocks: Literal["layer", "param"] = "layer"
+    grads: Mapping[str, torch.Tensor], *, per_sample: bool, blocks: Literal["layer", "param"] = "param"
 ) -> dict[str, torch.Tensor]:
     """Flatten gradients into DataInf blocks: {block name: (n, p_l)} (per_sample) or {block name: (p_l,)}.
 
-    ``blocks="layer"`` (default, DESIGN.md): a layer's ``lora_A`` gradient and its ``lora_B`` gradient
-    transposed to A's orientation (r x d_out) are concatenated into one block, as DataInf treats one LoRA
-    layer. ``blocks="param"``: every parameter is its own block (the layout of Kwon et al.'s released code).
-    The transposition only fixes the layout: inner products and norms do not depend on it.
+    ``blocks="param"`` (default, DESIGN.md): every parameter is its own block (the layout of Kwon et al.'s
+    released code and dattri). ``blocks="layer"``: a layer's ``lora_A`` gradient and its ``lora_B`` gradient
+    transposed to A's orientation (r x d_out) are concatenated into one block per LoRA layer (the random
+    projection of :func:`procure.llm.grads.per_sample_lora_grads` sketches such layer blocks). The
+    transposition only fixes the layout: inner products and norms do not depend on it.
     """
     lead = 1 if per_sample else 0
     parts: dict[str, list[torch.Tensor]] = {}
@@ -91,11 +92,15 @@ def datainf(
     val_grad: Mapping[str, torch.Tensor],
     *,
     lambda_scale: float = 0.1,
-    blocks: Literal["layer", "param"] = "layer",
+    blocks: Literal["layer", "param"] = "param",
 ) -> torch.Tensor:
     """DataInf values (Kwon et al. 2023, Eq. 5 with their layer-wise damping), sign flipped so positive = helpful.
 
-    For every LoRA block l with per-sample gradients g_il (i = 1..n) and mean validation gradient v_l:
+    Blocks (DESIGN.md): by default every LoRA tensor (each lora_A, each lora_B) is its own block l, as in Kwon
+    et al.'s released code and dattri; ``blocks="layer"`` joins a layer's lora_A and lora_B^T into one block.
+    A block whose gradients are all zero (lora_A of a fresh LoRA, where B = 0) is skipped: it would contribute
+    0/0, and joined to lora_B it would only dilute lam_l. For every block l with per-sample gradients g_il
+    (i = 1..n) and mean validation gradient v_l:
 
         lam_l       = lambda_scale * mean_i mean(g_il^2)                     (lambda_scale = 0.1 as DESIGN.md)
         H_l^-1 v_l ~= 1/(n lam_l) * sum_i [ v_l - (<v_l, g_il> / (lam_l + |g_il|^2)) g_il ]
@@ -159,7 +164,7 @@ def datainf_loop(
     train: Mapping[str, torch.Tensor],
     val: Mapping[str, torch.Tensor],
     lambda_scale: float = 0.1,
-    blocks: str = "layer",
+    blocks: str = "param",
 ) -> torch.Tensor:
     """Reference for :func:`datainf`: the DESIGN.md formula literally, looping over blocks and samples one vector
     at a time (used by the tests and eval/bench_influence.py; far too slow for real use)."""
@@ -179,6 +184,8 @@ def datainf_loop(
     scores = [0.0] * n
     for gs, v in per_block:
         lam = lambda_scale * sum(float((g**2).mean()) for g in gs) / n
+        if lam == 0:  # an all-zero block is skipped (DESIGN.md)
+            continue
         hinv_v = torch.zeros_like(v)
         for g in gs:
             hinv_v += (v - (float(v @ g) / (lam + float(g @ g))) * g) / (n * lam)
