@@ -246,8 +246,8 @@ def _datainf_pass(n: int) -> float:
 
 def _grad_rate(layers: int | None, n: int, seed: int, model: str) -> dict:
     """Per-row gradient seconds of n conjoint rows (~95 tokens) at a fresh LoRA (all layers or the last ``layers``)."""
-    from procure.annotations.gradients import GradientStore, LoraSpec
     from procure.annotations.planted import planted_conjoint
+    from procure.llm.grad_store import GradientStore, LoraSpec
     from procure.llm.models import load_tokenizer, resolve_model
 
     path = resolve_model(model)

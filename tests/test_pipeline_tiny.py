@@ -41,14 +41,32 @@ def test_quickstart_tiny_end_to_end(tmp_path):
     assert (d / "report.md").is_file() and (d / "plots" / "metric_per_round.png").is_file()
 
 
-def test_qa_gradient_and_text_methods_on_tiny(tmp_path):
+def test_qa_gradient_and_text_methods_on_tiny(tmp_path, monkeypatch):
     """Infl_IP / DataInf (per-sample LoRA gradients at the current state) and BM25 through the real learner,
-    on a small local multiple-choice file; fairshare with a budget below the total buys a subset."""
+    on a small local multiple-choice file; fairshare with a budget below the total buys a subset. The two
+    gradient methods share one disk-cached computation of the gradients, and a second run computes none."""
+    import os
+
     import numpy as np
     import pytest
 
+    from procure.llm.grad_store import GradientStore
+    from procure.llm.tiny import tiny_model_dir
     from procure.market.round import clear_round
     from procure.pipeline.recipe import parse_recipe
+
+    cache = tmp_path / "cache"  # a private gradient cache that shares the built tiny model
+    (cache / "models").mkdir(parents=True)
+    os.symlink(tiny_model_dir(), cache / "models" / tiny_model_dir().name)
+    monkeypatch.setenv("PROCURE_CACHE", str(cache))
+    computed: list[int] = []
+    real_compute = GradientStore._compute
+
+    def counting(self, model, rows, summed, bar):
+        computed.append(len(rows))
+        return real_compute(self, model, rows, summed, bar)
+
+    monkeypatch.setattr(GradientStore, "_compute", counting)
 
     rng = np.random.default_rng(0)
     items = []
@@ -84,7 +102,14 @@ def test_qa_gradient_and_text_methods_on_tiny(tmp_path):
         }
     )
     d = run_recipe(recipe, tmp_path / "run")
+    assert computed == [9, 6]  # the 9 offered rows and the 6 reference rows, once for infl_ip and datainf
+    again = run_recipe(recipe, tmp_path / "run2")
+    assert computed == [9, 6] and len(list((cache / "grads").iterdir())) == 2
+    with Ledger.open(again / "ledger.sqlite", create=False) as led2:
+        again_vals = {(v["arm"], v["seller"]): v["value"] for v in led2.rows("valuations")}
     with Ledger.open(d / "ledger.sqlite", create=False) as led:
+        first_vals = {(v["arm"], v["seller"]): v["value"] for v in led.rows("valuations")}
+        assert first_vals == pytest.approx(again_vals, rel=1e-12)  # the cached gradients give the same values
         vals = led.rows("valuations")
         assert len(vals) == 9 and all(math.isfinite(v["value"]) for v in vals)
         for m in ("infl_ip", "datainf"):

@@ -204,8 +204,8 @@ def _split_list(s: str | None) -> list[str] | None:
 def run_rows(args: argparse.Namespace) -> int:
     """``procure value`` on prompt/response rows: load, value, write, print."""
     from procure.annotations.data import Columns, load_annotations
-    from procure.annotations.gradients import LoraSpec
     from procure.annotations.value import ValueOptions, value_annotations
+    from procure.llm.grad_store import LoraSpec
 
     for dest, default in TABLE_FLAGS.items():
         if getattr(args, dest, None) not in (None, default):

@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from procure.annotations.gradients import _sha, adapter_identity, model_identity, rows_digest
 from procure.cache import cache_dir, write_file_atomically
 from procure.errors import UserError
+from procure.llm.grad_store import adapter_identity, content_digest, model_identity, rows_digest
 
 METRICS = ("loss", "exact-match")
 VERSION = "procure-value-utility-1"
@@ -61,7 +61,7 @@ class CoalitionUtility:
         self.cached = 0  # utilities read from the disk cache
         self._trainer: Any = None
         self._tmp: Path | None = None
-        self._base_key = _sha(
+        self._base_key = content_digest(
             VERSION,
             model_identity(model_path),
             "fresh" if adapter is None else adapter_identity(adapter),
@@ -78,7 +78,7 @@ class CoalitionUtility:
         if S in self.records:
             return self.records[S]
         rows = [r for i in sorted(S) for r in self.source_rows[i]]
-        key = _sha(self._base_key, rows_digest(rows))
+        key = content_digest(self._base_key, rows_digest(rows))
         path = cache_dir("utilities") / f"{key}.json"
         value = self._read(path)
         if value is None:

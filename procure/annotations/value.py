@@ -6,7 +6,7 @@ All methods go through :func:`procure.valuation.estimate` (one entry point):
   ``bm25`` (mean BM25 score of the row's prompt + response against the reference rows as queries),
   ``infl_ip`` (<mean reference gradient, row gradient>), ``datainf`` (DataInf, DESIGN.md conventions),
   ``tracin`` (Infl_IP summed over the checkpoints given as adapters), ``constant``, ``random``;
-  gradients are per-sample LoRA gradients at the model state (:mod:`procure.annotations.gradients`, cached);
+  gradients are per-sample LoRA gradients at the model state (:mod:`procure.llm.grad_store`, cached);
 - retraining methods over sources: ``loo`` (v(N) - v(N minus i)) and ``ads`` (exact Asymmetric Data Shapley over
   the delivery groups while every group has at most ``budget.exact_max`` sources, MC-ADS beyond;
   one group = Data Shapley), with v(S) from :class:`procure.annotations.retrain.CoalitionUtility`.
@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from procure.annotations.data import Annotations, check_lengths
-from procure.annotations.gradients import CacheStats, GradientStore, LoraSpec, check_adapter
 from procure.errors import UserError
+from procure.llm.grad_store import CacheStats, GradientStore, LoraSpec, check_adapter
 from procure.valuation.estimate import Budget, GradData, TextData, estimate, plan
 
 ROW_METHODS = ("bm25", "infl_ip", "datainf", "tracin", "constant", "random")

@@ -32,6 +32,7 @@ class LLMLearner:
         self._gen: Any = None
         self._hf: Any = None
         self._stage: Any = None
+        self._grads: Any = None
 
     # -- training ---------------------------------------------------------------------------------------------
     def _trainer(self):
@@ -106,43 +107,37 @@ class LLMLearner:
     def grads(
         self, state: Path | None, examples: list[Example], reference: list[Example], seed: int
     ) -> tuple[dict, dict]:
-        from peft import LoraConfig, PeftModel, get_peft_model
+        """Per-sample LoRA gradients of ``examples`` and the mean gradient of ``reference`` at ``state`` (None: a
+        fresh LoRA with lora_A drawn from ``seed``, B = 0, so only lora_B gradients are non-zero); ``seed`` also
+        seeds the projection. Cached on disk by (model, state content, rows, projection, seed)
+        (:mod:`procure.llm.grad_store`): the two gradient methods and a resumed run compute them once."""
+        store = self._grad_store()
+        store.reseed(seed)
+        return store.per_sample(state, examples), store.mean(state, reference)
 
-        from procure.llm.grads import mean_grad, per_sample_lora_grads
-        from procure.llm.models import load_model, load_tokenizer
+    def _grad_store(self):
+        if self._grads is None:
+            from procure.llm.grad_store import GradientStore, LoraSpec
+            from procure.llm.models import load_tokenizer
 
-        cfg = self.cfg
-        base = load_model(self.model_path, dtype="float32")
-        tok = load_tokenizer(self.model_path)
-        if state is None:  # a fresh LoRA (B = 0): only the lora_B gradients are non-zero
-            lcfg = LoraConfig(
-                r=cfg.lora_r,
-                lora_alpha=cfg.lora_alpha,
-                lora_dropout=0.0,
-                target_modules=list(cfg.target_modules),
-                bias="none",
-                task_type="CAUSAL_LM",
+            cfg, v = self.cfg, self.recipe.valuation
+            lora = LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, target_modules=tuple(cfg.target_modules))
+            self._grads = GradientStore(
+                str(self.model_path),
+                load_tokenizer(self.model_path),
+                lora,
+                max_length=cfg.max_length,
+                batch_size=v.grad_batch_size,
+                projection_dim=v.projection_dim,
+                progress=False,
             )
-            model = get_peft_model(base, lcfg)
-        else:
-            model = PeftModel.from_pretrained(base, str(state), is_trainable=True)
-        v = self.recipe.valuation
-        kw = {
-            "batch_size": v.grad_batch_size,
-            "max_length": cfg.max_length,
-            "projection_dim": v.projection_dim,
-            "seed": seed,
-            "progress": False,
-        }
-        train = per_sample_lora_grads(model, tok, examples, **kw)
-        val = mean_grad(per_sample_lora_grads(model, tok, reference, **kw))
-        return train, val
+        return self._grads
 
     def close(self) -> None:
         for gen in (self._gen, self._hf):
             if gen is not None:
                 gen.close()
-        self._gen = self._hf = None
+        self._gen = self._hf = self._grads = None
 
 
 def _process_gpu() -> dict[str, Any]:

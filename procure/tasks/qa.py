@@ -74,7 +74,9 @@ def _download_bigbench(dest: Path) -> None:
     cmds = [[sys.executable, "-m", "pip"], ["python3", "-m", "pip"]]
     for cmd in cmds:
         try:
-            subprocess.run([*cmd, "download", "--no-deps", "-q", "bigbench==1.0.0", "-d", str(dest)], check=False)
+            # pip's own warnings (the rejected bleurt URL of the first try) are not the user's concern
+            args = [*cmd, "download", "--no-deps", "-q", "bigbench==1.0.0", "-d", str(dest)]
+            subprocess.run(args, check=False, capture_output=True)
         except OSError:
             continue
         if (dest / BIGBENCH_SDIST).is_file():

@@ -1,4 +1,5 @@
-"""Per-sample LoRA gradients of annotation rows at a model state, computed once and cached on disk.
+"""Per-sample LoRA gradients of training rows at a model state, computed once and cached on disk (used by
+``procure value`` and by the pipeline's influence methods, so two methods, or a resumed run, share them).
 
 A model state is the base model with a fresh LoRA (``LoraSpec``: rank, alpha, target modules, init seed; B = 0,
 so only the lora_B gradients are non-zero) or a saved adapter folder. Gradients come from
@@ -20,7 +21,7 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ class CacheStats:
     entries: list[str] = field(default_factory=list)
 
 
-def _sha(*parts: Any) -> str:
+def content_digest(*parts: Any) -> str:
     h = hashlib.sha256()
     for part in parts:
         h.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True, default=str).encode())
@@ -67,14 +68,14 @@ def model_identity(model_path: str) -> str:
     """A cheap digest of a model: a local folder by its files' names, sizes and mtimes; a hub id by its name."""
     p = Path(model_path)
     if not p.is_dir():
-        return _sha("hub", model_path)
+        return content_digest("hub", model_path)
     files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in p.iterdir() if f.is_file())
-    return _sha(str(p.resolve()), files)
+    return content_digest(str(p.resolve()), files)
 
 
 def rows_digest(rows: Sequence[dict[str, Any]]) -> str:
     """Digest of training rows (prompt, answer, system), in order."""
-    return _sha([[r["prompt"], r["answer"], r.get("system")] for r in rows])
+    return content_digest([[r["prompt"], r["answer"], r.get("system")] for r in rows])
 
 
 def adapter_identity(adapter: str | Path) -> str:
@@ -84,7 +85,7 @@ def adapter_identity(adapter: str | Path) -> str:
     for name in ("adapter_model.safetensors", "adapter_model.bin"):
         if (d / name).is_file():
             parts.append((d / name).read_bytes())
-    return _sha("adapter", *parts)
+    return content_digest("adapter", *parts)
 
 
 def check_adapter(adapter: str | Path, model_path: str, model_name: str, flag: str = "--adapter") -> None:
@@ -152,11 +153,18 @@ class GradientStore:
         self._base: Any = None
         self._states: dict[str | None, str] = {}
 
+    def reseed(self, seed: int) -> None:
+        """Use ``seed`` for the fresh LoRA's lora_A init and the projection from now on (the base model stays)."""
+        if seed != self.lora.seed:
+            self.lora = replace(self.lora, seed=seed)
+            self._states.clear()
+
     # -- states ---------------------------------------------------------------------------------------------
     def state_id(self, adapter: str | Path | None) -> str:
         key = None if adapter is None else str(adapter)
         if key not in self._states:
-            self._states[key] = _sha("fresh", asdict(self.lora)) if adapter is None else adapter_identity(adapter)
+            fresh = adapter is None
+            self._states[key] = content_digest("fresh", asdict(self.lora)) if fresh else adapter_identity(adapter)
         return self._states[key]
 
     def _model_at(self, adapter: str | Path | None):
@@ -201,7 +209,7 @@ class GradientStore:
         return {k: v / len(rows) for k, v in sums.items()}
 
     def _key(self, state: str, rows: Sequence[dict[str, Any]], summed: bool) -> str:
-        return _sha(
+        return content_digest(
             VERSION,
             self.model_id,
             state,
