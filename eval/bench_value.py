@@ -100,7 +100,7 @@ def _data(kind: str, rows: int, seed: int):
 
 
 def _auc(res, p) -> dict:
-    from procure.annotations.planted import auc
+    from procure.valuation.quality import auc
 
     bad_src = [s in set(p.bad_annotators) for s in res.sources["source"]]
     bad_rows = [r["bad_row"] for r in p.rows]

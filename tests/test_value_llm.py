@@ -15,11 +15,12 @@ import pandas as pd
 import pytest
 import torch
 
-from procure.annotations.planted import auc, planted_choice, planted_conjoint
+from procure.annotations.planted import planted_choice, planted_conjoint
 from procure.cli import main
 from procure.llm.tiny import tiny_model_dir
 from procure.valuation import exact_ads
 from procure.valuation.bm25 import bm25_values
+from procure.valuation.quality import auc
 
 ROOT = Path(__file__).resolve().parents[1]
 LORA = ["--lora-r", "4", "--lora-alpha", "8"]  # the fresh LoRA of every run here (tiny: q/v, r=4)

@@ -1,0 +1,152 @@
+"""seeds/004 appendix A (Figure 5) on the CPU: the per-sample QA market, one buyer per valuation method.
+
+Runs :func:`procure.pipeline.appendix_a.run_appendix_a` once per seed (resumable: each seed's folder under
+``--out`` keeps its values, adapters and scores), then writes eval/results/qa_appendix_a.json (per seed and
+method: purchases, average price per sample, accuracy and cost before purchase, at K and at 2K) and
+eval/results/qa_appendix_a.png (performance versus cost; average price per sample), and prints the table.
+
+    nohup .venv/bin/python eval/repro_market_qa.py --seeds 0 1 2 > appendix_a.log 2>&1 &
+    .venv/bin/python eval/repro_market_qa.py --summary-only
+
+Deviations from the paper are listed in the JSON's ``deviations`` and next to the README figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "eval" / "results"
+DEVIATIONS = [
+    "model: SmolLM2-135M-Instruct on 2 CPU cores (paper: Pythia-1b / Llama-class models on A6000 GPUs)",
+    "task: BIG-bench elementary_math_qa (question_only), the MathQA-derived task that ships offline; the "
+    "representative set, test set and market pool are disjoint random parts of it (no official splits)",
+    "sizes: pool of --pool rows (paper: the whole training split), test --test questions, K = --sizes "
+    "(paper: 2K and 4K)",
+    "training: LoRA r=8 on q/v, 3 epochs, lr 1e-3, batch 8 (paper: 3 epochs, lr 2e-5, batch 32)",
+    "budget: the paper gives no per-sample buyer budget; b = budget_fraction x (existing rows' total price + 1)",
+    "evaluation: answer-letter likelihood, --shots demonstrations (paper: 5-shot MathQA)",
+]
+
+
+def _config(args: argparse.Namespace, seed: int):
+    from procure.llm.train import TrainConfig
+    from procure.pipeline.appendix_a import AppendixA
+
+    return AppendixA(
+        model=args.model,
+        seed=seed,
+        methods=args.methods,
+        pool_size=args.pool,
+        test_size=args.test,
+        n_shot=args.shots,
+        reference_size=args.reference,
+        sizes=args.sizes,
+        noise_share=args.noise,
+        budget_fraction=args.budget_fraction,
+        training=TrainConfig(epochs=3, lr=1e-3, batch_size=8, lora_r=8, lora_alpha=16, max_length=256),
+    )
+
+
+def summary(per_seed: dict[int, dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """Per method: mean over seeds of each point (cost, accuracy), of purchases and of the price per sample."""
+    import numpy as np
+
+    methods = args.methods
+    table = {}
+    for m in methods:
+        runs = [s["methods"][m] for s in per_seed.values() if m in s["methods"]]
+        if not runs:
+            continue
+        pts = [[p for p in r["points"]] for r in runs]
+        table[m] = {
+            "seeds": len(runs),
+            "bought": float(np.mean([r["bought"] for r in runs])),
+            "mean_price": float(np.nanmean([r["mean_price"] for r in runs])),
+            "auc_clean_vs_noisy": float(np.nanmean([r["auc_clean_vs_noisy"] for r in runs])),
+            "points": [
+                {
+                    "size": pts[0][k]["size"],
+                    "cost": float(np.mean([p[k]["cost"] for p in pts])),
+                    "accuracy": float(np.mean([p[k]["accuracy"] for p in pts])),
+                    "accuracy_sd": float(np.std([p[k]["accuracy"] for p in pts], ddof=1)) if len(pts) > 1 else None,
+                }
+                for k in range(len(pts[0]))
+            ],
+        }
+    return {"deviations": DEVIATIONS, "per_seed": {str(k): v for k, v in per_seed.items()}, "methods": table}
+
+
+def plot(result: dict[str, Any], dest: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
+    names = list(result["methods"])
+    for m in names:
+        pts = result["methods"][m]["points"]
+        ax.plot([p["cost"] for p in pts], [p["accuracy"] for p in pts], marker="o", label=m)
+    ax.set_xlabel("cost of the rows trained on (money)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("performance versus cost (before purchase, K, 2K)")
+    ax.legend()
+    bx.bar(names, [result["methods"][m]["mean_price"] for m in names])
+    bx.set_ylabel("average price per purchased sample")
+    bx.set_title("price per sample")
+    fig.tight_layout()
+    fig.savefig(dest, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    from procure.pipeline.appendix_a import run_appendix_a
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--methods", nargs="+", default=["constant", "random", "bm25", "infl_ip", "datainf"])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--pool", type=int, default=1000)
+    ap.add_argument("--test", type=int, default=200)
+    ap.add_argument("--shots", type=int, default=5)
+    ap.add_argument("--reference", type=int, default=200)
+    ap.add_argument("--sizes", nargs="+", type=int, default=[100, 200])
+    ap.add_argument("--noise", type=float, default=0.0, help="share of pool rows with a wrong letter (paper: 0)")
+    ap.add_argument("--budget-fraction", type=float, default=1.0)
+    ap.add_argument("--out", type=Path, default=Path.home() / ".cache/procure/runs/qa-appendix-a")
+    ap.add_argument("--results", type=Path, default=RESULTS / "qa_appendix_a.json")
+    ap.add_argument("--summary-only", action="store_true", help="summarise the finished seeds, run nothing")
+    args = ap.parse_args()
+    per_seed = {}
+    for seed in args.seeds:
+        folder = args.out / f"seed-{seed}"
+        if args.summary_only:
+            if (folder / "summary.json").is_file():
+                per_seed[seed] = json.loads((folder / "summary.json").read_text())
+            continue
+        per_seed[seed] = run_appendix_a(_config(args, seed), folder)
+    result = summary(per_seed, args)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, args.results.with_suffix(".png"))
+    print("| method | seeds | bought | avg price | AUC clean vs wrong | accuracy: BP / K / 2K | cost K / 2K |")
+    print("|---|---:|---:|---:|---:|---|---|")
+    for m, r in result["methods"].items():
+        acc = " / ".join(f"{p['accuracy']:.3f}" for p in r["points"])
+        cost = " / ".join(f"{p['cost']:.1f}" for p in r["points"][1:])
+        print(
+            f"| {m} | {r['seeds']} | {r['bought']:.0f} | {r['mean_price']:.3f} | {r['auc_clean_vs_noisy']:.3f} "
+            f"| {acc} | {cost} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
