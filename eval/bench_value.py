@@ -78,10 +78,12 @@ def _checkpoints(folder: Path, seed: int, model: str) -> list[str]:
 
 def _data(kind: str, rows: int, seed: int):
     from procure.annotations.data import Annotations
-    from procure.annotations.planted import planted_choice, planted_conjoint
+    from procure.annotations.planted import planted_choice, planted_conjoint, planted_facts
 
     if kind == "conjoint":
         p = planted_conjoint(6, rows, n_noisy=1, n_biased=1, reference_size=16, seed=seed)
+    elif kind == "facts":
+        p = planted_facts(6, rows, n_bad=2, bad_wrong=0.6, good_wrong=0.05, reference_size=16, seed=seed)
     else:
         p = planted_choice(6, rows, n_bad=2, bad_wrong=0.6, good_wrong=0.05, reference_size=16, seed=seed)
     delivery = {a: 1 + i // 2 for i, a in enumerate(p.annotators)}  # 3 deliveries of 2 annotators (ADS sigma)
@@ -168,12 +170,14 @@ def _large_runs(kind: str, args, ckpts: list[str], log) -> None:
     """The gradient and text methods (cheap per row) on a larger planted set: ``args.large`` annotators x
     ``args.large`` rows (a third of them bad), 32 reference rows; at a fresh LoRA and, for conjoint, at A2."""
     from procure.annotations.data import Annotations
-    from procure.annotations.planted import planted_choice, planted_conjoint
+    from procure.annotations.planted import planted_choice, planted_conjoint, planted_facts
     from procure.annotations.value import ValueOptions, value_annotations
 
     n, bad = args.large, max(2, args.large // 3)
     if kind == "conjoint":
         p = planted_conjoint(n, n, n_noisy=bad // 2, n_biased=bad - bad // 2, reference_size=32, seed=args.seed + 1)
+    elif kind == "facts":
+        p = planted_facts(n, n, n_bad=bad, bad_wrong=0.6, good_wrong=0.05, reference_size=32, seed=args.seed + 1)
     else:
         p = planted_choice(n, n, n_bad=bad, bad_wrong=0.6, good_wrong=0.05, reference_size=32, seed=args.seed + 1)
 
@@ -365,18 +369,19 @@ def main() -> None:
         )
 
     ckpts: list[str] = []
-    if "large" in phases or "methods" in phases:
+    kinds = args.kinds.split(",")
+    if ("large" in phases or "methods" in phases) and "conjoint" in kinds:  # A1, A2: the conjoint runs only
         (ckpts, wall, cpu) = _timed(lambda: _checkpoints(cache / "ckpt", args.seed, args.model))
         result["checkpoints"] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
     if "large" in phases:
-        result["runs"] = [r for r in result["runs"] if not r["kind"].endswith("-large")]
-        for kind in args.kinds.split(","):
+        result["runs"] = [r for r in result["runs"] if r["kind"] not in {f"{k}-large" for k in kinds}]
+        for kind in kinds:
             _large_runs(kind, args, ckpts, log)
         result["load_after_large"] = _load()
         save()
     if "methods" in phases:
-        result["runs"] = [r for r in result["runs"] if r["kind"].endswith("-large")]
-        for kind in args.kinds.split(","):
+        result["runs"] = [r for r in result["runs"] if r["kind"] not in kinds]
+        for kind in kinds:
             _method_runs(kind, args, ckpts, log)
             result[f"load_after_{kind}"] = _load()
             save()

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from procure.annotations.planted import planted_choice, planted_conjoint
+from procure.annotations.planted import CAPITALS, planted_choice, planted_conjoint, planted_facts
 from procure.cli import main
 from procure.llm.tiny import tiny_model_dir
 from procure.valuation import exact_ads
@@ -430,6 +430,13 @@ def test_planted_annotators_are_what_they_say():
         truth = int(a) + int(b) if op == "+" else int(a) - int(b)
         opts = dict(o.strip().split(") ") for o in question.split("?")[1].split(" , "))
         assert (int(opts[r["response"][-1].lower()]) != truth) == r["bad_row"]
+    f = planted_facts(n_annotators=5, rows_per_annotator=20, n_bad=2, bad_wrong=0.5, good_wrong=0.1, seed=3)
+    wrong = pd.DataFrame(f.rows).groupby("annotator")["bad_row"].mean()
+    assert sorted(wrong[f.bad_annotators]) == [0.5, 0.5] and (wrong.drop(f.bad_annotators) == 0.1).all()
+    capital = dict(CAPITALS)
+    for r in f.rows + f.reference:  # a wrong row names another country's capital; a right row (and the reference)
+        country = r["prompt"].split("capital of ")[1].split("?")[0]
+        assert (r["response"] != capital[country]) == r.get("bad_row", False)
 
 
 def test_auc_matches_its_definition():

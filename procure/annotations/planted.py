@@ -9,6 +9,10 @@ for ``procure value`` (shared by the tests and ``eval/bench_value.py``).
 - ``choice``: multiple-choice arithmetic in the QA task's format (:mod:`procure.tasks.qa`: "Question: ... a) x ,
   b) y ..." -> "Answer: C"). ``n_bad`` bad annotators give a wrong letter in a share ``bad_wrong`` of their rows,
   good ones in a share ``good_wrong``; a bad row is a row with a wrong letter. The reference is answered right.
+- ``facts``: "What is the capital of X?" answered with the city's name, for facts a small model knows (SmolLM2-135M
+  gives the right capital a lower loss than a wrong one in 15 of 16 checked; letter answers of multiple choice,
+  and sums, it does not tell apart). ``n_bad`` bad annotators name a wrong capital in a share ``bad_wrong`` of
+  their rows, good ones in ``good_wrong``; a bad row is a wrong answer. The reference is answered right.
 
 Bad annotators are drawn at random among ``a00..a{n-1}`` (seeded), so their position says nothing.
 Rows: ``{"id", "annotator", "prompt", "response", "system", "bad_row", "bad_annotator"}``; reference rows:
@@ -26,7 +30,51 @@ import numpy as np
 
 from procure.errors import UserError
 
-KINDS = ("conjoint", "choice")
+KINDS = ("conjoint", "choice", "facts")
+
+#: (country, capital) pairs for the ``facts`` kind: well-known ones, single common spellings
+CAPITALS = (
+    ("France", "Paris"),
+    ("Germany", "Berlin"),
+    ("Italy", "Rome"),
+    ("Spain", "Madrid"),
+    ("Japan", "Tokyo"),
+    ("China", "Beijing"),
+    ("Russia", "Moscow"),
+    ("Egypt", "Cairo"),
+    ("Greece", "Athens"),
+    ("Portugal", "Lisbon"),
+    ("the United Kingdom", "London"),
+    ("Austria", "Vienna"),
+    ("Ireland", "Dublin"),
+    ("Norway", "Oslo"),
+    ("Sweden", "Stockholm"),
+    ("Poland", "Warsaw"),
+    ("Canada", "Ottawa"),
+    ("Australia", "Canberra"),
+    ("India", "New Delhi"),
+    ("Argentina", "Buenos Aires"),
+    ("Peru", "Lima"),
+    ("Chile", "Santiago"),
+    ("Cuba", "Havana"),
+    ("Turkey", "Ankara"),
+    ("Iran", "Tehran"),
+    ("Iraq", "Baghdad"),
+    ("Saudi Arabia", "Riyadh"),
+    ("Thailand", "Bangkok"),
+    ("Vietnam", "Hanoi"),
+    ("South Korea", "Seoul"),
+    ("Indonesia", "Jakarta"),
+    ("the Philippines", "Manila"),
+    ("Kenya", "Nairobi"),
+    ("Finland", "Helsinki"),
+    ("Denmark", "Copenhagen"),
+    ("the Netherlands", "Amsterdam"),
+    ("Belgium", "Brussels"),
+    ("the Czech Republic", "Prague"),
+    ("Hungary", "Budapest"),
+    ("Romania", "Bucharest"),
+)
 
 
 @dataclass
@@ -169,10 +217,56 @@ def planted_choice(
     return Planted("choice", rows, reference, [f"a{a:02d}" for a in sorted(bad)])
 
 
+def planted_facts(
+    n_annotators: int = 8,
+    rows_per_annotator: int = 16,
+    n_bad: int = 3,
+    bad_wrong: float = 0.6,
+    good_wrong: float = 0.05,
+    reference_size: int = 32,
+    seed: int = 0,
+) -> Planted:
+    """Capital-city questions answered with the city's name, a share of them wrong (module docstring)."""
+    if not (0 <= good_wrong <= 1 and 0 <= bad_wrong <= 1):
+        raise UserError("planted: wrong-answer shares must be in [0, 1]")
+    rng = np.random.default_rng(seed)
+    bad = _bad_set(n_annotators, n_bad, rng)
+    prompt = "What is the capital of {}? Answer with the city only."
+    rows = []
+    for a in range(n_annotators):
+        n_wrong = int(round((bad_wrong if a in bad else good_wrong) * rows_per_annotator))
+        wrong = set(rng.choice(rows_per_annotator, n_wrong, replace=False).tolist())
+        for k in range(rows_per_annotator):
+            i = int(rng.integers(len(CAPITALS)))
+            if k in wrong:
+                city = CAPITALS[int(rng.choice([j for j in range(len(CAPITALS)) if j != i]))][1]
+            else:
+                city = CAPITALS[i][1]
+            rows.append(
+                {
+                    "id": f"a{a:02d}-{len(rows):05d}",
+                    "annotator": f"a{a:02d}",
+                    "prompt": prompt.format(CAPITALS[i][0]),
+                    "response": city,
+                    "system": None,
+                    "bad_row": k in wrong,
+                    "bad_annotator": a in bad,
+                    "planted": "wrong" if k in wrong else "right",
+                }
+            )
+    reference = [
+        {"prompt": prompt.format(CAPITALS[i][0]), "response": CAPITALS[i][1], "system": None}
+        for i in rng.integers(len(CAPITALS), size=reference_size).tolist()
+    ]
+    return Planted("facts", rows, reference, [f"a{a:02d}" for a in sorted(bad)])
+
+
 def make_planted(kind: str, **options: Any) -> Planted:
-    """``planted_conjoint(**options)`` or ``planted_choice(**options)``."""
+    """``planted_conjoint``, ``planted_choice`` or ``planted_facts`` with ``options``."""
     if kind == "conjoint":
         return planted_conjoint(**options)
     if kind == "choice":
         return planted_choice(**options)
+    if kind == "facts":
+        return planted_facts(**options)
     raise UserError(f"planted: unknown kind '{kind}'; use {' or '.join(KINDS)}")
