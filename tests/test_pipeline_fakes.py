@@ -106,7 +106,15 @@ class FakeLearner:
 
         tg = torch.tensor(np.stack([g(e) for e in examples]))
         vg = torch.tensor(np.mean([g(e) for e in reference], axis=0))
-        return {"layer.lora_A.weight": tg.reshape(len(examples), 1, D)}, {"layer.lora_A.weight": vg.reshape(1, D)}
+        # the weights' gradient split as one LoRA layer (A: 1 x h, B: (D - h) x 1), so that DataInf's per-tensor
+        # and per-layer blocks differ
+        h, n = D // 2, len(examples)
+        train = {
+            "layer.lora_A.weight": tg[:, :h].reshape(n, 1, h),
+            "layer.lora_B.weight": tg[:, h:].reshape(n, D - h, 1),
+        }
+        val = {"layer.lora_A.weight": vg[:h].reshape(1, h), "layer.lora_B.weight": vg[h:].reshape(D - h, 1)}
+        return train, val
 
     def close(self) -> None:
         pass

@@ -211,7 +211,7 @@ def _round_candidates(led: Ledger, seed: int, t: int) -> list[dict]:
     return json.loads(step["payload"])
 
 
-@pytest.mark.parametrize("method", ["bm25", "bm25-clamp", "infl_ip", "datainf", "constant", "random"])
+@pytest.mark.parametrize("method", ["bm25", "bm25-clamp", "infl_ip", "datainf", "datainf-layer", "constant", "random"])
 def test_sample_level_methods_equal_the_functions_summed_per_seller(tmp_path, method):
     """The ledger's values are the valuation functions' values on the same inputs (texts, or the gradients at
     the arm's state A_{t-1}), summed per seller; round 2 runs at a trained state, not the base."""
@@ -223,9 +223,11 @@ def test_sample_level_methods_equal_the_functions_summed_per_seller(tmp_path, me
     from procure.valuation.bm25 import bm25_values
 
     idf = "clamp" if method == "bm25-clamp" else "okapi"
-    method = method.removesuffix("-clamp")
+    blocks = "layer" if method == "datainf-layer" else "param"
+    method = method.removesuffix("-clamp").removesuffix("-layer")
     market = {"contract": "fairshare", "max_purchases": 1}
-    d = run(tmp_path, methods=[method], seeds=[0], rounds=2, market=market, valuation={"bm25_idf": idf})
+    valuation = {"bm25_idf": idf, "datainf_blocks": blocks}
+    d = run(tmp_path, methods=[method], seeds=[0], rounds=2, market=market, valuation=valuation)
     scen = FakeScenario({}, 0, 3)
     ref = scen.reference_examples()
     with Ledger.open(d / "ledger.sqlite", create=False) as led:
@@ -246,7 +248,10 @@ def test_sample_level_methods_equal_the_functions_summed_per_seller(tmp_path, me
                 per = bm25_values(texts, [f"{e['prompt']} {e['answer']}" for e in ref], idf=idf)
             else:
                 g, vg = FakeLearner({}).grads(None if state is None else d / state, rows, ref, 0)
-                per = (influence.grad_ip if method == "infl_ip" else influence.datainf)(g, vg)
+                if method == "infl_ip":
+                    per = influence.grad_ip(g, vg)
+                else:
+                    per = influence.datainf(g, vg, blocks=blocks)
                 per = per.numpy() if isinstance(per, torch.Tensor) else per
             sums = [float(np.sum(per[8 * j : 8 * j + 8])) for j in range(3)]
             np.testing.assert_allclose([vals[j] for j in range(3)], sums, rtol=1e-12, atol=1e-12)

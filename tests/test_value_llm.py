@@ -151,6 +151,9 @@ def test_gradient_methods_equal_the_library_and_the_cache_serves_the_second(conj
     assert grads_counter == []  # second method: no backward pass, all from the disk cache
     np.testing.assert_allclose(rows["value"], datainf(g, v).numpy(), rtol=1e-3)
     _check_sources(rows, sources, p.annotators)
+    joined, _, _ = _value(tmp_path, data, ref, "datainf", "--datainf-blocks", "layer", name="joined")
+    np.testing.assert_allclose(joined["value"], datainf(g, v, blocks="layer").numpy(), rtol=1e-3)
+    assert not np.allclose(joined["value"], rows["value"], rtol=1e-2)  # a fresh LoRA's zero lora_A blocks count
     # a re-run of the first method is served too, and says so
     rows2, _, _ = _value(tmp_path, data, ref, "infl-ip", name="again")
     assert grads_counter == [] and np.array_equal(rows2["value"], _value(tmp_path, data, ref, "infl-ip")[0]["value"])

@@ -41,6 +41,7 @@ ROW_DEFAULTS = {
     "truncate": False,
     "projection_dim": None,
     "bm25_idf": "okapi",
+    "datainf_blocks": "param",
     "lora_r": 8,
     "lora_alpha": 16.0,
     "lora_layers": None,
@@ -104,6 +105,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=("okapi", "clamp"),
         default=None,
         help="bm25: rank-bm25's floored idf (default, as seeds/004) or clamp a negative idf at 0 (bm25s, Lucene)",
+    )
+    g.add_argument(
+        "--datainf-blocks",
+        choices=("param", "layer"),
+        default=None,
+        help="datainf: one block per LoRA tensor (default, Kwon et al.'s code) or lora_A + lora_B^T per layer",
     )
     g.add_argument("--lora-r", type=int, default=None, help="rank of a fresh LoRA (default 8)")
     g.add_argument("--lora-alpha", type=float, default=None, help="alpha of a fresh LoRA (default 16)")
@@ -258,6 +265,7 @@ def run_rows(args: argparse.Namespace) -> int:
         grad_batch_size=o["grad_batch_size"],
         projection_dim=o["projection_dim"],
         bm25_idf=o["bm25_idf"],
+        datainf_blocks=o["datainf_blocks"],
         metric=o["metric"],
         budget=budget,
         seed=args.seed,

@@ -60,6 +60,7 @@ class ValueOptions:
     grad_batch_size: int = 16
     projection_dim: int | None = None
     bm25_idf: str = "okapi"
+    datainf_blocks: str = "param"
     metric: str = "loss"
     budget: Budget = field(default_factory=Budget)
     seed: int = 0
@@ -100,6 +101,8 @@ def check_options(method: str, reference: Annotations | None, opts: ValueOptions
         raise UserError(f"--projection-dim must be >= 1 (got {opts.projection_dim})")
     if opts.max_length < 2:
         raise UserError(f"--max-length must be >= 2 (got {opts.max_length})")
+    if opts.datainf_blocks != "param" and method != "datainf":
+        raise UserError(f"--datainf-blocks sets DataInf's blocks; drop it with --method {method.replace('_', '-')}")
     if opts.bm25_idf != "okapi" and method != "bm25":
         raise UserError(f"--bm25-idf sets BM25's idf; drop it with --method {method.replace('_', '-')}")
     if opts.lora.layers is not None and (method in SOURCE_METHODS or opts.adapters):
@@ -168,7 +171,7 @@ def _gradient_values(method: str, store: GradientStore, data: Annotations, refer
         where = "" if len(states) == 1 else f" @ checkpoint {k + 1}/{len(states)}"
         g = store.per_sample(state, data.rows, desc=f"row gradients{where}")
         v = store.mean(state, reference.rows, desc=f"reference gradients{where}")
-        val = estimate("infl_ip" if method == "tracin" else method, GradData(g, v))
+        val = estimate("infl_ip" if method == "tracin" else method, GradData(g, v, blocks=opts.datainf_blocks))
         del g
         total = val.values if total is None else total + val.values
     if method == "tracin":

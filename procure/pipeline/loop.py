@@ -307,6 +307,7 @@ class Runner:
             grads=grads,
             seed=lambda tag: derive_seed(arm.seed, t, tag),
             bm25_idf=self.recipe.valuation.bm25_idf,
+            datainf_blocks=self.recipe.valuation.datainf_blocks,
         )
 
     def _prepare(self, arm: Arm, t: int, coalitions: list[list[Candidate]], clock: Clock) -> None:

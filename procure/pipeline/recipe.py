@@ -114,6 +114,9 @@ class ValuationSpec(_Strict):
     mc_permutations: int = Field(20, ge=1)
     projection_dim: int | None = Field(None, ge=1, description="random projection of LoRA gradients (influence)")
     grad_batch_size: int = Field(16, ge=1)
+    datainf_blocks: Literal["param", "layer"] = Field(
+        "param", description="datainf: one block per LoRA tensor (Kwon et al.'s code) or lora_A + lora_B^T per layer"
+    )
     bm25_idf: Literal["okapi", "clamp"] = Field(
         "okapi", description="bm25: rank-bm25's floored idf (seeds/004) or clamp a negative idf at 0"
     )

@@ -48,7 +48,7 @@ class RoundInputs:
     ``reference()`` the buyer's representative rows; ``grads(rows) -> (per-sample grads, mean reference grad)``;
     ``seed(tag)`` a seed for the tagged random draw (``"mc"``, ``"random"``); ``test_utility(members)`` the
     held-out test utility of A(S; A_{t-1}) (the ``hindsight`` reference arm only); ``bm25_idf`` the BM25 idf
-    mode."""
+    mode, ``datainf_blocks`` DataInf's blocks."""
 
     utility: Callable[[list[Candidate]], tuple[str, float]]
     prepare: Callable[[list[list[Candidate]]], None]
@@ -57,6 +57,7 @@ class RoundInputs:
     seed: Callable[[str], int]
     test_utility: Callable[[list[Candidate]], float] | None = None
     bm25_idf: str = "okapi"
+    datainf_blocks: str = "param"
 
 
 def value_candidates(method: str, cands: list[Candidate], budget: Budget, io: RoundInputs) -> RoundValues:
@@ -99,7 +100,7 @@ def _by_rows(method: str, cands: list[Candidate], io: RoundInputs) -> Valuation:
         return _constant_valuation(method, np.zeros(len(cands)))
     if method in GRADIENT_METHODS:
         g, vg = io.grads(rows)
-        per = estimate(method, GradData(g, vg))
+        per = estimate(method, GradData(g, vg, blocks=io.datainf_blocks))
     elif method == "bm25":
         texts, reference = [_text(e) for e in rows], [_text(e) for e in io.reference()]
         per = estimate(method, TextData(texts, reference, idf=io.bm25_idf))

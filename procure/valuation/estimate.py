@@ -134,10 +134,12 @@ class TextData:
 
 @dataclass(frozen=True)
 class GradData:
-    """Per-sample gradients ``{block: (n, ...)}`` and the mean validation gradient ``{block: (...)}``."""
+    """Per-sample gradients ``{block: (n, ...)}`` and the mean validation gradient ``{block: (...)}``;
+    ``blocks``: DataInf's blocks, ``"param"`` (one per LoRA tensor, the default) or ``"layer"``."""
 
     grads: Mapping[str, Any]
     val_grad: Mapping[str, Any]
+    blocks: str = "param"
 
 
 def estimate(
@@ -236,8 +238,10 @@ def _samples(method: str, source: Any, seed: int) -> Valuation:
         values = bm25_values(list(d.texts), list(d.reference), idf=d.idf)  # type: ignore[arg-type]
     elif method in ("infl_ip", "datainf"):
         d = _as(method, source, GradData)
-        fn = grad_ip if method == "infl_ip" else datainf
-        values = fn(d.grads, d.val_grad)
+        if method == "infl_ip":
+            values = grad_ip(d.grads, d.val_grad)
+        else:
+            values = datainf(d.grads, d.val_grad, blocks=d.blocks)  # type: ignore[arg-type]
     else:
         if not isinstance(source, int | np.integer):
             raise TypeError(f"method {method!r} takes the number of rows (an int), got {type(source).__name__}")
