@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from test_market_persample import _buys_brute_force
 
+from procure.errors import UserError
 from procure.market.persample import minmax01
 from procure.valuation.influence import grad_ip
 from procure.valuation.quality import auc
@@ -101,6 +102,8 @@ def test_per_sample_market_end_to_end_on_tiny(qa_file, tmp_path, monkeypatch):
     # resume: nothing is valued, trained or scored again; the summary is the same
     trained.clear()
     assert run_appendix_a(cfg, out) == summary and trained == []
+    with pytest.raises(UserError, match="another configuration"):
+        run_appendix_a(cfg.model_copy(update={"seed": 1}), out)
 
 
 def _lora(cfg):

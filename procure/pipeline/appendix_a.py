@@ -65,10 +65,14 @@ class AppendixA(BaseModel):
 
 def run_appendix_a(cfg: AppendixA, out: Path) -> dict[str, Any]:
     """Run (or resume) ``cfg`` in folder ``out``; returns the summary dict (also ``out/summary.json``)."""
+    from procure.errors import UserError
     from procure.pipeline import console
 
     out.mkdir(parents=True, exist_ok=True)
     state = _load_state(out)
+    made = cfg.model_dump(mode="json", exclude={"progress"})
+    if state.setdefault("config", made) != made:
+        raise UserError(f"appendix A: {out} holds a run with another configuration; give another output folder")
     market = _market_data(cfg)
     console.status(
         f"appendix A: {len(market['existing'])} existing rows, {len(market['offers'])} offers, "
