@@ -85,6 +85,25 @@ def test_choice_logprobs_equal_naive_unbatched_forward(adapters, hf_results):
     assert (hf_results["a1"][1] < 0).all()
 
 
+def test_letter_choices_one_pass_per_prompt_equal_one_pass_per_choice(adapters):
+    """Choices that differ only in the last token ("Answer: A" ...) take the one-pass path; it gives what one
+    forward per (prompt, choice) gives, and the pairwise path is taken as soon as one choice differs earlier."""
+    from procure.llm import hf_backend
+
+    path, a1, _ = adapters
+    letters = [f"Answer: {x}" for x in "ABCDE"]
+    g = make_generator(path, backend="hf", adapter_mode="merged", batch_size=2)
+    tok = g.tokenizer
+    assert hf_backend._last_token_choices([tok(c, add_special_tokens=False)["input_ids"] for c in letters])
+    fast = g.choice_logprobs(PROMPTS, letters, a1, system=SYSTEM)
+    pairwise = np.zeros_like(fast)
+    for i, p in enumerate(PROMPTS):
+        for j, c in enumerate(letters):  # one choice at a time never takes the one-pass path
+            pairwise[i, j] = g.choice_logprobs([p], [c, "x y z"], a1, system=SYSTEM)[0, 0]
+    np.testing.assert_allclose(fast, pairwise, atol=2e-4)
+    assert not hf_backend._last_token_choices([[1, 2], [1, 3, 4]]) and not hf_backend._last_token_choices([[1], [1]])
+
+
 def test_batched_left_padding_equals_one_prompt_at_a_time(adapters, hf_results):
     path, a1, _ = adapters
     g = make_generator(path, backend="hf", adapter_mode="merged", batch_size=1)
