@@ -20,7 +20,6 @@ Writes ``eval/results/conjoint_evidence.json`` and ``.png`` (small, committed) a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -214,19 +213,6 @@ def plot(ev: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _finite(obj: Any) -> Any:
-    """``obj`` with NaN / inf floats as None (strict JSON)."""
-    import math
-
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default=str(ROOT / "recipes" / "conjoint-evidence.yaml"))
@@ -240,10 +226,12 @@ def main() -> None:
         from conjoint_compare import run_recipe_file
 
         run_recipe_file(args.recipe, out, seeds=args.seeds)
+    from procure.cache import write_json_atomically
+
     ev = evidence([out])
     res = Path(args.results)
     res.parent.mkdir(parents=True, exist_ok=True)
-    res.write_text(json.dumps(_finite(ev), indent=1, allow_nan=False))
+    write_json_atomically(res, ev)
     plot(ev, res.with_suffix(".png"))
     print(table(ev))
 

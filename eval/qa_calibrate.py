@@ -146,17 +146,10 @@ def summarise(rows: list[dict], dest: Path) -> dict:
             f"{entry['clean_mean']:.3f} | {entry['wrong_mean']:.3f} | "
             f"{entry['gap_mean']:+.3f} ({entry['gap_sd']:.3f}) | {entry['gap_over_sd']:.1f} |"
         )
-    dest.write_text(json.dumps(_strict(out), indent=1, allow_nan=False) + "\n")
+    from procure.cache import write_json_atomically
+
+    write_json_atomically(dest, out)
     return out
-
-
-def _strict(x):
-    """NaN -> None, recursively (strict JSON)."""
-    if isinstance(x, dict):
-        return {k: _strict(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_strict(v) for v in x]
-    return None if isinstance(x, float) and x != x else x
 
 
 if __name__ == "__main__":

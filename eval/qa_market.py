@@ -197,6 +197,7 @@ def plot(res: dict[str, Any], dest: Path) -> None:
 
 
 def main() -> None:
+    from procure.cache import write_json_atomically
     from procure.pipeline.loop import run_recipe
     from procure.pipeline.recipe import load_recipe
 
@@ -215,7 +216,7 @@ def main() -> None:
     q = quality(args.out, recipe, args.oracle_reference, args.oracle_lr)
     res = summary(args.out, q)
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(res, indent=1) + "\n")
+    write_json_atomically(args.results, res)
     plot(res, args.results.with_suffix(".png"))
     print("\n| method | round | AUC clean vs wrong | Spearman with one-step oracle | arms |")
     print("|---|---:|---:|---:|---:|")

@@ -84,15 +84,6 @@ def summary(per_seed: dict[int, dict[str, Any]], args: argparse.Namespace) -> di
     return {"deviations": DEVIATIONS, "per_seed": {str(k): v for k, v in per_seed.items()}, "methods": table}
 
 
-def _strict(x):
-    """NaN -> None, recursively (strict JSON)."""
-    if isinstance(x, dict):
-        return {k: _strict(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_strict(v) for v in x]
-    return None if isinstance(x, float) and x != x else x
-
-
 def plot(result: dict[str, Any], dest: Path) -> None:
     import matplotlib
 
@@ -117,6 +108,7 @@ def plot(result: dict[str, Any], dest: Path) -> None:
 
 
 def main() -> None:
+    from procure.cache import write_json_atomically
     from procure.pipeline.appendix_a import run_appendix_a
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -144,7 +136,7 @@ def main() -> None:
         per_seed[seed] = run_appendix_a(_config(args, seed), folder)
     result = summary(per_seed, args)
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(_strict(result), indent=1, allow_nan=False) + "\n")
+    write_json_atomically(args.results, result)
     plot(result, args.results.with_suffix(".png"))
     print("| method | seeds | bought | avg price | AUC clean vs wrong | accuracy: BP / K / 2K | cost K / 2K |")
     print("|---|---:|---:|---:|---:|---|---|")

@@ -73,6 +73,21 @@ def write_file_atomically(path: Path, data: str | bytes) -> Path:
     return path
 
 
+def write_json_atomically(path: Path, obj: object, indent: int | None = 1) -> Path:
+    """``obj`` as strict JSON (NaN and infinities as null) through :func:`write_file_atomically`."""
+    import json
+    import math
+
+    def finite(x: object) -> object:
+        if isinstance(x, dict):
+            return {k: finite(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [finite(v) for v in x]
+        return None if isinstance(x, float) and not math.isfinite(x) else x
+
+    return write_file_atomically(path, json.dumps(finite(obj), indent=indent, allow_nan=False) + "\n")
+
+
 class OutputError(OSError):
     """Results could not be written to ``target``; they are complete in ``kept`` (a temporary folder)."""
 

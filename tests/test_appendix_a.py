@@ -16,22 +16,7 @@ from procure.valuation.influence import grad_ip
 from procure.valuation.quality import auc
 
 
-@pytest.fixture(scope="module")
-def qa_file(tmp_path_factory):
-    rng = np.random.default_rng(1)
-    items = []
-    for k in range(60):
-        a, b = int(rng.integers(1, 50)), int(rng.integers(1, 50))
-        opts = [a + b, a + b + 1, a * b, a + b - 1]
-        items.append(
-            {"input": f"{a} + {b} = ? ({k})", "target_scores": {str(o): int(i == 0) for i, o in enumerate(opts)}}
-        )
-    path = tmp_path_factory.mktemp("qa") / "qa.json"
-    path.write_text(json.dumps({"examples": items}))
-    return path
-
-
-def test_per_sample_market_end_to_end_on_tiny(qa_file, tmp_path, monkeypatch):
+def test_per_sample_market_end_to_end_on_tiny(arith_qa, tmp_path, monkeypatch):
     from procure.llm.grad_store import GradientStore
     from procure.llm.tiny import tiny_model_dir
     from procure.llm.train import StageTrainer, TrainConfig
@@ -43,7 +28,7 @@ def test_per_sample_market_end_to_end_on_tiny(qa_file, tmp_path, monkeypatch):
     monkeypatch.setenv("PROCURE_CACHE", str(cache))
     cfg = AppendixA(
         model="tiny",
-        data=str(qa_file),
+        data=str(arith_qa),
         methods=["constant", "random", "bm25", "infl_ip", "datainf", "noise_oracle"],
         reference_size=6,
         test_size=8,

@@ -41,7 +41,7 @@ def test_quickstart_tiny_end_to_end(tmp_path):
     assert (d / "report.md").is_file() and (d / "plots" / "metric_per_round.png").is_file()
 
 
-def test_qa_gradient_and_text_methods_on_tiny(tmp_path, monkeypatch):
+def test_qa_gradient_and_text_methods_on_tiny(tmp_path, monkeypatch, arith_qa):
     """Infl_IP / DataInf (per-sample LoRA gradients at the current state) and BM25 through the real learner,
     on a small local multiple-choice file; fairshare with a budget below the total buys a subset. The two
     gradient methods share one disk-cached computation of the gradients, and a second run computes none."""
@@ -68,16 +68,7 @@ def test_qa_gradient_and_text_methods_on_tiny(tmp_path, monkeypatch):
 
     monkeypatch.setattr(GradientStore, "_compute", counting)
 
-    rng = np.random.default_rng(0)
-    items = []
-    for k in range(60):
-        a, b = int(rng.integers(1, 50)), int(rng.integers(1, 50))
-        opts = [a + b, a + b + 1, a * b, a + b - 1]
-        items.append(
-            {"input": f"{a} + {b} = ? ({k})", "target_scores": {str(o): int(i == 0) for i, o in enumerate(opts)}}
-        )
-    data = tmp_path / "qa.json"
-    data.write_text(json.dumps({"examples": items}))
+    data = arith_qa
     recipe = parse_recipe(
         {
             "name": "qa-tiny",

@@ -22,6 +22,7 @@ Rows: ``{"id", "annotator", "prompt", "response", "system", "bad_row", "bad_anno
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,38 @@ def _question(rng: np.random.Generator, n_choices: int) -> dict[str, Any]:
     }
 
 
+def _wrong_share_rows(
+    n_annotators: int,
+    rows_per_annotator: int,
+    bad: set[int],
+    bad_wrong: float,
+    good_wrong: float,
+    rng: np.random.Generator,
+    make_row: Callable[[bool], tuple[str, str, str | None]],
+) -> list[dict[str, Any]]:
+    """Annotator a's rows: a share ``bad_wrong`` (a bad annotator) or ``good_wrong`` of them answered wrong, drawn
+    with ``rng``; ``make_row(wrong)`` gives (prompt, response, system)."""
+    rows: list[dict[str, Any]] = []
+    for a in range(n_annotators):
+        n_wrong = int(round((bad_wrong if a in bad else good_wrong) * rows_per_annotator))
+        wrong = set(rng.choice(rows_per_annotator, n_wrong, replace=False).tolist())
+        for k in range(rows_per_annotator):
+            prompt, response, system = make_row(k in wrong)
+            rows.append(
+                {
+                    "id": f"a{a:02d}-{len(rows):05d}",
+                    "annotator": f"a{a:02d}",
+                    "prompt": prompt,
+                    "response": response,
+                    "system": system,
+                    "bad_row": k in wrong,
+                    "bad_annotator": a in bad,
+                    "planted": "wrong" if k in wrong else "right",
+                }
+            )
+    return rows
+
+
 def planted_choice(
     n_annotators: int = 8,
     rows_per_annotator: int = 16,
@@ -188,28 +221,15 @@ def planted_choice(
         raise UserError("planted: wrong-letter shares must be in [0, 1] and n_choices in [2, 10]")
     rng = np.random.default_rng(seed)
     bad = _bad_set(n_annotators, n_bad, rng)
-    rows = []
-    for a in range(n_annotators):
-        share = bad_wrong if a in bad else good_wrong
-        n_wrong = int(round(share * rows_per_annotator))
-        wrong = set(rng.choice(rows_per_annotator, n_wrong, replace=False).tolist())
-        for k in range(rows_per_annotator):
-            ex = _question(rng, n_choices)
-            if k in wrong:
-                ex = {**ex, "answer": int(rng.choice([i for i in range(n_choices) if i != ex["answer"]]))}
-            row = qa_rows([ex])[0]
-            rows.append(
-                {
-                    "id": f"a{a:02d}-{len(rows):05d}",
-                    "annotator": f"a{a:02d}",
-                    "prompt": row["prompt"],
-                    "response": row["answer"],
-                    "system": row["system"],
-                    "bad_row": k in wrong,
-                    "bad_annotator": a in bad,
-                    "planted": "wrong" if k in wrong else "right",
-                }
-            )
+
+    def row(wrong: bool) -> tuple[str, str, str | None]:
+        ex = _question(rng, n_choices)
+        if wrong:
+            ex = {**ex, "answer": int(rng.choice([i for i in range(n_choices) if i != ex["answer"]]))}
+        r = qa_rows([ex])[0]
+        return r["prompt"], r["answer"], r["system"]
+
+    rows = _wrong_share_rows(n_annotators, rows_per_annotator, bad, bad_wrong, good_wrong, rng, row)
     reference = [
         {"prompt": r["prompt"], "response": r["answer"], "system": r["system"]}
         for r in qa_rows([_question(rng, n_choices) for _ in range(reference_size)])
@@ -232,28 +252,13 @@ def planted_facts(
     rng = np.random.default_rng(seed)
     bad = _bad_set(n_annotators, n_bad, rng)
     prompt = "What is the capital of {}? Answer with the city only."
-    rows = []
-    for a in range(n_annotators):
-        n_wrong = int(round((bad_wrong if a in bad else good_wrong) * rows_per_annotator))
-        wrong = set(rng.choice(rows_per_annotator, n_wrong, replace=False).tolist())
-        for k in range(rows_per_annotator):
-            i = int(rng.integers(len(CAPITALS)))
-            if k in wrong:
-                city = CAPITALS[int(rng.choice([j for j in range(len(CAPITALS)) if j != i]))][1]
-            else:
-                city = CAPITALS[i][1]
-            rows.append(
-                {
-                    "id": f"a{a:02d}-{len(rows):05d}",
-                    "annotator": f"a{a:02d}",
-                    "prompt": prompt.format(CAPITALS[i][0]),
-                    "response": city,
-                    "system": None,
-                    "bad_row": k in wrong,
-                    "bad_annotator": a in bad,
-                    "planted": "wrong" if k in wrong else "right",
-                }
-            )
+
+    def row(wrong: bool) -> tuple[str, str, str | None]:
+        i = int(rng.integers(len(CAPITALS)))
+        city = CAPITALS[int(rng.choice([j for j in range(len(CAPITALS)) if j != i])) if wrong else i][1]
+        return prompt.format(CAPITALS[i][0]), city, None
+
+    rows = _wrong_share_rows(n_annotators, rows_per_annotator, bad, bad_wrong, good_wrong, rng, row)
     reference = [
         {"prompt": prompt.format(CAPITALS[i][0]), "response": CAPITALS[i][1], "system": None}
         for i in rng.integers(len(CAPITALS), size=reference_size).tolist()

@@ -148,12 +148,7 @@ class HFGenerator(Generator):
             for s in range(0, len(pairs), self.batch_size):
                 chunk = pairs[s : s + self.batch_size]
                 seqs = [p + cids[j] for _, j, p in chunk]
-                t = max(map(len, seqs))
-                ids = torch.full((len(seqs), t), tok.pad_token_id, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for k, sq in enumerate(seqs):
-                    ids[k, : len(sq)] = torch.tensor(sq)
-                    mask[k, : len(sq)] = 1
+                ids, mask = _right_padded(torch, seqs, tok.pad_token_id)
                 logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
                 logp = torch.log_softmax(logits.float(), dim=-1)
                 for k, (i, j, p) in enumerate(chunk):
@@ -172,12 +167,7 @@ class HFGenerator(Generator):
         with self._using(adapter) as model, torch.inference_mode():
             for s in range(0, len(prompts), self.batch_size):
                 seqs = [p + shared for p in prompts[s : s + self.batch_size]]
-                t = max(map(len, seqs))
-                ids = torch.full((len(seqs), t), tok.pad_token_id, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for k, sq in enumerate(seqs):
-                    ids[k, : len(sq)] = torch.tensor(sq)
-                    mask[k, : len(sq)] = 1
+                ids, mask = _right_padded(torch, seqs, tok.pad_token_id)
                 logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
                 logp = torch.log_softmax(logits.float(), dim=-1).cpu()
                 for k, sq in enumerate(seqs):
@@ -266,3 +256,13 @@ def _last_token_choices(cids: list[list[int]]) -> bool:
         and all(c[:-1] == cids[0][:-1] for c in cids)
         and len({c[-1] for c in cids}) == len(cids)
     )
+
+
+def _right_padded(torch, seqs: list[list[int]], pad_id: int):
+    """(ids, attention mask), both (len(seqs), longest): each sequence from the left, padding after it."""
+    ids = torch.full((len(seqs), max(map(len, seqs))), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for k, sq in enumerate(seqs):
+        ids[k, : len(sq)] = torch.tensor(sq)
+        mask[k, : len(sq)] = 1
+    return ids, mask

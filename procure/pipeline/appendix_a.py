@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from procure.cache import write_file_atomically
+from procure.cache import write_file_atomically, write_json_atomically
 from procure.llm.train import TrainConfig
 
 PerSampleMethod = Literal["constant", "random", "bm25", "infl_ip", "datainf", "noise_oracle"]
@@ -85,7 +85,7 @@ def run_appendix_a(cfg: AppendixA, out: Path) -> dict[str, Any]:
         if market.get("generator") is not None:
             market["generator"].close()
     summary = {"config": cfg.model_dump(mode="json"), "base_accuracy": state["evals"]["base"], "methods": results}
-    write_file_atomically(out / "summary.json", json.dumps(summary, indent=1).encode())
+    write_json_atomically(out / "summary.json", summary)
     return summary
 
 
