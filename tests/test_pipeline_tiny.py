@@ -98,7 +98,15 @@ def test_qa_gradient_and_text_methods_on_tiny(tmp_path, monkeypatch, arith_qa):
     assert computed == [9, 6] and len(list((cache / "grads").iterdir())) == 2
     with Ledger.open(again / "ledger.sqlite", create=False) as led2:
         again_vals = {(v["arm"], v["seller"]): v["value"] for v in led2.rows("valuations")}
+    # the default readout is answer-letter likelihood: the base model's test accuracy is the HF generator's
+    from procure.llm.hf_backend import HFGenerator
+    from procure.pipeline.scenarios import make_scenario
+
+    task = make_scenario(recipe, 0).task("test")
+    lp = HFGenerator(str(tiny_model_dir())).choice_logprobs(task.eval_prompts(), task.choices(), None, task.system)
     with Ledger.open(d / "ledger.sqlite", create=False) as led:
+        base = {m["metric"] for m in led.rows("metrics", "round = 0 AND split = 'test'")}
+        assert base == {task.score_logprobs(lp)}
         first_vals = {(v["arm"], v["seller"]): v["value"] for v in led.rows("valuations")}
         assert first_vals == pytest.approx(again_vals, rel=1e-12)  # the cached gradients give the same values
         vals = led.rows("valuations")

@@ -86,6 +86,9 @@ class LLMLearner:
         from procure.llm.generate import GenParams
 
         adapter = None if state is None else str(state)
+        if getattr(task, "readout", "generate") == "likelihood":
+            lp = self._generator().choice_logprobs(task.eval_prompts(), task.choices(), adapter, system=task.system)
+            return float(task.score_logprobs(lp))
         if getattr(task, "readout", "generate") == "expected":
             first, second = self._scorer().lookahead(
                 task.eval_prompts(), task.lookahead_prefix, task.lookahead_symbols, adapter, system=task.system

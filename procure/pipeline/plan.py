@@ -167,8 +167,8 @@ def _estimate(recipe: Recipe, per: list[ArmRound], warm: int) -> list[str]:
     epochs = float(recipe.training.get("epochs", 1.0))
     train_rate = ref["train_tokens_per_s"] / (1.0 if recipe.training.get("bf16") else ref["fp32_slowdown"])
     new_tokens = recipe.generation.max_new_tokens or 8
-    if getattr(recipe.task, "readout", "generate") == "expected":
-        new_tokens = 1
+    if getattr(recipe.task, "readout", "generate") in ("expected", "likelihood"):
+        new_tokens = 1  # one forward pass per prompt
     n_seeds, t = len(recipe.seeds), recipe.rounds
     rows_trained = sum(a.finetune_rows for a in per) * t * n_seeds
     warm_epochs = getattr(recipe.task, "warmup_epochs", None) or epochs

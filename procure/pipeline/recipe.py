@@ -77,6 +77,11 @@ class QASpec(_Strict):
     noise_shares: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
         default_factory=lambda: [0.0], description="share of wrong answer letters in seller j (cycled)"
     )
+    readout: Literal["likelihood", "generate"] = Field(
+        "likelihood",
+        description="likelihood: the most likely 'Answer: X' continuation (one forward pass per question, as "
+        "k-shot harnesses score); generate: parse greedy answers (SmolLM2-135M answers parseably ~1 % of the time)",
+    )
 
     @field_validator("data_file")
     @classmethod

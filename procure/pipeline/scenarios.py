@@ -139,6 +139,7 @@ class QAScenario:
             n_shot=spec.n_shot,
             seed=seed,
             noise_shares=spec.noise_shares,
+            readout=spec.readout,
         )
 
     def warmup_examples(self) -> list[Example]:

@@ -286,7 +286,8 @@ class QAEval:
 
     ``score(generations)``: accuracy by generation, the mean correctness over all sampled answers (an
     unparseable answer counts as wrong). ``score_logprobs(lp)``: accuracy by answer-letter likelihood, lp of shape
-    (n_prompts, len(choices())) from ``Generator.choice_logprobs(eval_prompts(), choices(), ...)``.
+    (n_prompts, len(choices())) from ``Generator.choice_logprobs(eval_prompts(), choices(), ...)``. ``readout``
+    tells the pipeline's learner which of the two to use (default ``"likelihood"``).
     """
 
     metric_name = "accuracy"
@@ -295,9 +296,19 @@ class QAEval:
     max_new_tokens = 8
     samples_per_prompt = 1
 
-    def __init__(self, examples: Sequence[dict[str, Any]], shots: Sequence[dict[str, Any]] = (), name: str = "qa"):
+    def __init__(
+        self,
+        examples: Sequence[dict[str, Any]],
+        shots: Sequence[dict[str, Any]] = (),
+        name: str = "qa",
+        readout: str = "likelihood",
+    ):
         if not examples:
             raise UserError("qa: no evaluation examples")
+        if readout not in ("likelihood", "generate"):
+            raise UserError(f"qa: readout must be 'likelihood' or 'generate', not '{readout}'")
+        #: how the learner reads the model's answer: letter likelihood (:meth:`score_logprobs`) or generation
+        self.readout = readout
         self.examples = list(examples)
         self.shots = list(shots)
         self.name = name
@@ -361,6 +372,7 @@ class QAMarket:
         n_shot: int = 0,
         seed: int = 0,
         noise_shares: Sequence[float] = (0.0,),
+        readout: str = "likelihood",
     ):
         examples = load_qa(data_file or DEFAULT_SOURCE)
         fixed = [n_shot, reference_size, val_size, test_size]
@@ -374,7 +386,7 @@ class QAMarket:
             )
         self.shots, self.ref, self.seed = shots, ref, seed
         self.n_sellers, self.rows_per_seller, self.noise_shares = n_sellers, rows_per_seller, tuple(noise_shares)
-        self._tasks = {"val": QAEval(val, shots, name="qa"), "test": QAEval(test, shots, name="qa")}
+        self._tasks = {s: QAEval(part, shots, name="qa", readout=readout) for s, part in (("val", val), ("test", test))}
 
     def offers(self, round: int) -> list[list[dict[str, Any]]]:
         """Round ``round``'s candidate datasets (training rows, zero-shot prompts), one list per seller."""
