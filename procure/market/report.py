@@ -15,16 +15,13 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from procure.market.collaborative import Allocation  # noqa: E402
 from procure.market.dynamics import SimulationResult  # noqa: E402
-
-#: (marker, linestyle) per strategy: strategies often coincide (e.g. fairshare and reduced early on), and a line
-#: drawn over another must stay visible
-STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", (0, (5, 1))), ("x", (0, (1, 3)))]
+from procure.plotstyle import line_style  # noqa: E402
 
 
 def _line(ax, x, y, k: int, label: str) -> None:
-    mk, ls = STYLES[k % len(STYLES)]
+    """Strategies often coincide (e.g. fairshare and reduced early on): distinct styles, staggered markers."""
     every = max(1, len(x) // 12)
-    ax.plot(x, y, marker=mk, linestyle=ls, markevery=(k % every, every), markerfacecolor="none", label=label)
+    ax.plot(x, y, markevery=(k % every, every), label=label, **line_style(k))
 
 
 def periods_frame(res: SimulationResult) -> pd.DataFrame:

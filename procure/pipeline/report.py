@@ -18,9 +18,7 @@ import pandas as pd
 
 from procure.pipeline.ledger import Ledger
 from procure.pipeline.steps import lock_holder
-
-#: (marker, linestyle) per method: lines of methods that made the same purchases coincide and must stay visible
-STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", (0, (5, 1))), ("x", (0, (1, 3)))]
+from procure.plotstyle import line_style
 
 
 def _frame(ledger: Ledger, table: str) -> pd.DataFrame:
@@ -161,8 +159,7 @@ def write_report(run_dir: str | Path) -> Path:
         fig, ax = plt.subplots(figsize=(6, 4))
         for k, (method, g) in enumerate(m.groupby("method")):
             gg = g.groupby("round")[["spent", "metric"]].mean()
-            mk, ls = STYLES[k % len(STYLES)]  # methods that spend alike coincide: keep each line visible
-            ax.plot(gg["spent"], gg["metric"], marker=mk, linestyle=ls, markerfacecolor="none", label=method)
+            ax.plot(gg["spent"], gg["metric"], label=method, **line_style(k))
         ax.set_xlabel("money spent (cumulative, utility units)")
         ax.set_ylabel(f"test {metric_name}")
         ax.legend()
@@ -253,8 +250,7 @@ def plot_metric_per_round(by_round: pd.DataFrame, path: Path, *, ylabel: str, ti
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for k, (method, g) in enumerate(by_round.groupby("method")):
-        mk, ls = STYLES[k % len(STYLES)]  # arms often coincide (same purchase): keep each line visible
-        ax.plot(g["round"], g["mean"], marker=mk, linestyle=ls, label=method, markerfacecolor="none")
+        ax.plot(g["round"], g["mean"], label=method, **line_style(k))
         ax.fill_between(g["round"], g["min"], g["max"], alpha=0.15)
     int_ticks(ax.xaxis, int(by_round["round"].min()), int(by_round["round"].max()))
     ax.set_xlabel("round (0 = initial state)")

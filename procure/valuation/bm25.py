@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import scipy.sparse as sp
@@ -33,7 +33,7 @@ _TOKEN = re.compile(r"\w+")
 
 #: how a negative idf (a term in more than half of the candidates) is treated: rank-bm25's floor or 0
 Idf = Literal["okapi", "clamp"]
-IDF_MODES = ("okapi", "clamp")
+IDF_MODES = get_args(Idf)
 
 
 def tokenize(text: str) -> list[str]:
