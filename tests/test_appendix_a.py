@@ -17,7 +17,7 @@ from procure.valuation.quality import auc
 
 
 def test_per_sample_market_end_to_end_on_tiny(arith_qa, tmp_path, monkeypatch):
-    from procure.llm.grad_store import GradientStore
+    from procure.llm.grad_store import GradientStore, LoraSpec
     from procure.llm.tiny import tiny_model_dir
     from procure.llm.train import StageTrainer, TrainConfig
     from procure.pipeline.appendix_a import AppendixA, _market_data, run_appendix_a
@@ -79,7 +79,8 @@ def test_per_sample_market_end_to_end_on_tiny(arith_qa, tmp_path, monkeypatch):
     oracle = summary["methods"]["noise_oracle"]
     assert oracle["auc_clean_vs_noisy"] == 1.0 and oracle["bought_noisy_share"] == 0.0
     # Infl_IP = <mean reference gradient, row gradient> at the fresh LoRA, from the shared gradient cache
-    store = GradientStore(str(tiny_model_dir()), None, _lora(cfg), max_length=128, batch_size=16, progress=False)
+    lora = LoraSpec.of(cfg.training, seed=cfg.seed)
+    store = GradientStore(str(tiny_model_dir()), None, lora, max_length=128, batch_size=16, progress=False)
     g, vg = store.per_sample(None, market["rows"]), store.mean(None, market["reference"])
     np.testing.assert_allclose(state["values"]["infl_ip"], grad_ip(g, vg).numpy(), rtol=1e-9)
     assert store.stats.computed_rows == 0  # both gradient methods and this check read one cached computation
@@ -89,10 +90,3 @@ def test_per_sample_market_end_to_end_on_tiny(arith_qa, tmp_path, monkeypatch):
     assert run_appendix_a(cfg, out) == summary and trained == []
     with pytest.raises(UserError, match="another configuration"):
         run_appendix_a(cfg.model_copy(update={"seed": 1}), out)
-
-
-def _lora(cfg):
-    from procure.llm.grad_store import LoraSpec
-
-    t = cfg.training
-    return LoraSpec(r=t.lora_r, alpha=t.lora_alpha, target_modules=tuple(t.target_modules), seed=cfg.seed)

@@ -45,6 +45,11 @@ class LoraSpec:
     #: gradients then stops at the lowest adapted layer: 2.8x less time for the last 4 of SmolLM2's 30 layers
     layers: int | None = None
 
+    @classmethod
+    def of(cls, cfg: Any, seed: int = 0) -> LoraSpec:
+        """The LoRA of a training configuration (``procure.llm.train.TrainConfig``: rank, alpha, modules)."""
+        return cls(r=cfg.lora_r, alpha=cfg.lora_alpha, target_modules=tuple(cfg.target_modules), seed=seed)
+
 
 @dataclass
 class CacheStats:
@@ -197,6 +202,10 @@ class GradientStore:
 
     def _release(self, model) -> None:
         self._base = model.unload()
+
+    def unload(self) -> None:
+        """Free the base model (loaded again only when a later call misses the cache)."""
+        self._base = None
 
     # -- gradients ------------------------------------------------------------------------------------------
     def per_sample(self, adapter: str | Path | None, rows: Sequence[dict[str, Any]], desc: str = "gradients"):

@@ -163,7 +163,7 @@ def _gradients(cfg: AppendixA, rows: list[dict], reference: list[dict]) -> tuple
     store = GradientStore(
         str(path),
         load_tokenizer(path),
-        LoraSpec(r=t.lora_r, alpha=t.lora_alpha, target_modules=tuple(t.target_modules), seed=cfg.seed),
+        LoraSpec.of(t, seed=cfg.seed),
         max_length=t.max_length,
         batch_size=cfg.grad_batch_size,
         projection_dim=cfg.projection_dim,

@@ -116,7 +116,10 @@ class LLMLearner:
         (:mod:`procure.llm.grad_store`): the two gradient methods and a resumed run compute them once."""
         store = self._grad_store()
         store.reseed(seed)
-        return store.per_sample(state, examples), store.mean(state, reference)
+        try:
+            return store.per_sample(state, examples), store.mean(state, reference)
+        finally:
+            store.unload()  # the trainer and the generator hold their own copies of the model for the whole run
 
     def _grad_store(self):
         if self._grads is None:
@@ -124,11 +127,10 @@ class LLMLearner:
             from procure.llm.models import load_tokenizer
 
             cfg, v = self.cfg, self.recipe.valuation
-            lora = LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, target_modules=tuple(cfg.target_modules))
             self._grads = GradientStore(
                 str(self.model_path),
                 load_tokenizer(self.model_path),
-                lora,
+                LoraSpec.of(cfg),
                 max_length=cfg.max_length,
                 batch_size=v.grad_batch_size,
                 projection_dim=v.projection_dim,
