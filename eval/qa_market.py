@@ -60,7 +60,7 @@ def quality(run_dir: Path, recipe, oracle_reference: int, lr: float | None) -> l
     from procure.valuation.quality import auc
 
     learner = LLMLearner(recipe)
-    out, oracles = [], {}
+    out, oracles, scenarios = [], {}, {}
     with Ledger.open(run_dir / "ledger.sqlite", create=False) as led:
         nodes = {n["node"]: n for n in led.rows("nodes")}
         states = {(m["arm"], m["round"]): m["node"] for m in led.rows("metrics")}
@@ -71,7 +71,9 @@ def quality(run_dir: Path, recipe, oracle_reference: int, lr: float | None) -> l
             method, seed = arm.rsplit("-s", 1)[0], int(arm.rsplit("-s", 1)[1])
             cands = json.loads(steps[f"cand|s{seed}|{t}"]["payload"])
             rows = [e for c in cands for e in c["examples"]]
-            scen = make_scenario(recipe, seed)
+            if seed not in scenarios:  # one scenario (and one read of the QA source) per seed
+                scenarios[seed] = make_scenario(recipe, seed)
+            scen = scenarios[seed]
             clean = _clean_flags(scen, t, rows)
             adapter = nodes[states[(arm, t - 1)]]["adapter"]
             state = None if adapter is None else run_dir / adapter
@@ -112,18 +114,19 @@ def _oracle(recipe, state, rows, reference, lr, fresh_seed: int):
     from procure.llm.grads import one_step_oracle
     from procure.llm.models import load_model, load_tokenizer, resolve_model
     from procure.llm.train import add_lora
+    from procure.pipeline.recipe import train_config
 
     path = resolve_model(recipe.model)
     base = load_model(path, dtype="float32")
-    t = recipe.training
+    t = train_config(recipe)  # the recipe's training section with TrainConfig's defaults filled in
     if state is None:
         torch.manual_seed(fresh_seed)
-        model = add_lora(base, t["lora_r"], t["lora_alpha"], t.get("target_modules", ["q_proj", "v_proj"]))
+        model = add_lora(base, t.lora_r, t.lora_alpha, t.target_modules)
     else:
         model = PeftModel.from_pretrained(base, str(state), is_trainable=True)
-    step = lr if lr is not None else float(t.get("lr", 1e-3))
+    step = lr if lr is not None else t.lr
     tok = load_tokenizer(path)
-    return one_step_oracle(model, tok, rows, reference, lr=step, max_length=t.get("max_length", 256)).numpy()
+    return one_step_oracle(model, tok, rows, reference, lr=step, max_length=t.max_length).numpy()
 
 
 def summary(run_dir: Path, q: list[dict[str, Any]]) -> dict[str, Any]:
