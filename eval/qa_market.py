@@ -30,8 +30,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def row_values(method: str, rows: list[dict], reference: list[dict], grads, seed: int) -> dict[str, Any]:
-    """{variant: per-row values} of one method on one round's rows (the pipeline's own inputs)."""
+def row_values(
+    method: str, rows: list[dict], reference: list[dict], grads, seed: int, seller_noise=None
+) -> dict[str, Any]:
+    """{variant: per-row values} of one method on one round's rows (the pipeline's own inputs); ``noise_oracle``
+    gives each row its seller's known clean share (``1 - seller_noise``, one entry per row)."""
     import numpy as np
 
     from procure.valuation.bm25 import bm25_values
@@ -45,11 +48,17 @@ def row_values(method: str, rows: list[dict], reference: list[dict], grads, seed
         return {method: estimate(method, GradData(*grads)).values}
     if method in ("constant", "random"):
         return {method: estimate(method, len(rows), seed=seed).values}
+    if method == "noise_oracle" and seller_noise is not None:
+        return {method: 1.0 - np.asarray(seller_noise, dtype=float)}
     return {method: np.full(len(rows), np.nan)}
 
 
-def quality(run_dir: Path, recipe, oracle_reference: int, lr: float | None) -> list[dict[str, Any]]:
-    """AUC (wrong-letter rows) and Spearman with the one-step oracle for every arm and round (module docstring)."""
+def quality(
+    run_dir: Path, recipe, oracle_reference: int, lr: float | None, oracle_methods: list[str]
+) -> list[dict[str, Any]]:
+    """AUC (wrong-letter rows) for every arm and round, and Spearman with the one-step oracle (module docstring)
+    at round 1 (one shared state A_0 per seed, so every method) and at later rounds for ``oracle_methods`` only:
+    the oracle costs (rows x oracle_reference) forward passes per state, ~2.5 min a state on this CPU."""
     import numpy as np
     from scipy.stats import spearmanr
 
@@ -71,6 +80,7 @@ def quality(run_dir: Path, recipe, oracle_reference: int, lr: float | None) -> l
             method, seed = arm.rsplit("-s", 1)[0], int(arm.rsplit("-s", 1)[1])
             cands = json.loads(steps[f"cand|s{seed}|{t}"]["payload"])
             rows = [e for c in cands for e in c["examples"]]
+            seller_noise = [c.get("noise") for c in cands for _ in c["examples"]]
             if seed not in scenarios:  # one scenario (and one read of the QA source) per seed
                 scenarios[seed] = make_scenario(recipe, seed)
             scen = scenarios[seed]
@@ -82,10 +92,11 @@ def quality(run_dir: Path, recipe, oracle_reference: int, lr: float | None) -> l
             if method in ("infl_ip", "datainf"):
                 grads = learner.grads(state, rows, reference, derive_seed(seed, t, "grads"))
             key = (str(state), t, seed)
-            if oracle_reference and key not in oracles:
+            if oracle_reference and key not in oracles and (t == 1 or method in oracle_methods):
                 fresh_seed = derive_seed(seed, t, "grads")  # the fresh LoRA of the run's own gradients
                 oracles[key] = _oracle(recipe, state, rows, reference[:oracle_reference], lr, fresh_seed)
-            for variant, v in row_values(method, rows, reference, grads, derive_seed(seed, t, "random")).items():
+            noise = None if None in seller_noise else seller_noise
+            for variant, v in row_values(method, rows, reference, grads, derive_seed(seed, t, "random"), noise).items():
                 o = oracles.get(key)
                 rho = float(spearmanr(v, o).statistic) if o is not None and np.ptp(v) > 0 else float("nan")
                 row = {"arm": arm, "seed": seed, "round": t, "method": variant, "auc": auc(v, clean)}
@@ -211,12 +222,18 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=ROOT / "eval" / "results" / "qa_market.json")
     ap.add_argument("--oracle-reference", type=int, default=32, help="reference rows of the oracle (0: no oracle)")
     ap.add_argument("--oracle-lr", type=float, default=None, help="oracle step size (default: the recipe's lr)")
+    ap.add_argument(
+        "--oracle-methods",
+        nargs="*",
+        default=["infl_ip", "datainf"],
+        help="arms whose later-round states get the one-step oracle (round 1's shared state: every arm)",
+    )
     ap.add_argument("--summary-only", action="store_true")
     args = ap.parse_args()
     recipe = load_recipe(args.recipe).model_copy(update={"seeds": args.seeds})
     if not args.summary_only:
         run_recipe(recipe, args.out, resume=args.out.exists())
-    q = quality(args.out, recipe, args.oracle_reference, args.oracle_lr)
+    q = quality(args.out, recipe, args.oracle_reference, args.oracle_lr, args.oracle_methods)
     res = summary(args.out, q)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomically(args.results, res)

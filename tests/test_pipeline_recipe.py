@@ -66,6 +66,11 @@ def test_missing_data_file_message_says_how_to_fix():
         parse_recipe(with_("task", {"kind": "qa", "data_file": "/no/such/file.json"}))
 
 
+def test_qa_source_may_be_a_bigbench_task():
+    spec = parse_recipe(with_("task", {"kind": "qa", "data_file": "bigbench:multiemo/hotels_sentence_en"}))
+    assert spec.task.data_file == "bigbench:multiemo/hotels_sentence_en"
+
+
 def test_both_budgets_is_an_error():
     with pytest.raises(UserError, match="market"):
         parse_recipe(with_("market", {"budget": 1.0, "budget_fraction": 0.5}))

@@ -67,7 +67,11 @@ class QASpec(_Strict):
     """seeds/004 appendix A: multiple-choice QA (MathQA-style); sellers hold disjoint slices of the pool."""
 
     kind: Literal["qa"]
-    data_file: str | None = Field(None, description="BIG-bench style JSON/JSONL; None = the task's default source")
+    data_file: str | None = Field(
+        None,
+        description="a BIG-bench task 'bigbench:TASK[/SUBTASK]' (read offline from the cached sdist) or a "
+        "BIG-bench style JSON/JSONL/CSV/parquet file; None = bigbench:elementary_math_qa",
+    )
     n_sellers: int = Field(5, ge=1)
     rows_per_seller: int = Field(20, ge=0)
     reference_size: int = Field(200, ge=1, description="representative set used by bm25 / influence methods")
@@ -86,8 +90,10 @@ class QASpec(_Strict):
     @field_validator("data_file")
     @classmethod
     def _exists(cls, v: str | None) -> str | None:
-        if v is not None and not Path(v).expanduser().is_file():
-            raise ValueError(f"file not found: {v}; give an existing JSON/JSONL file or leave it out")
+        if v is not None and not v.startswith("bigbench:") and not Path(v).expanduser().is_file():
+            raise ValueError(
+                f"file not found: {v}; give an existing JSON/JSONL file, a 'bigbench:TASK/SUBTASK' or leave it out"
+            )
         return v
 
 
