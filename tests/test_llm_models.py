@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from procure.errors import UserError
-from procure.llm.formatting import IGNORE_INDEX, chat_prompt, encode_row, pad_batch, prompt_ids
+from procure.llm.formatting import IGNORE_INDEX, chat_prompt, encode_row, pad_batch, pad_ids, prompt_ids
 from procure.llm.models import load_model, load_tokenizer, resolve_model
 
 
@@ -81,6 +83,21 @@ def test_labels_mask_exactly_the_prompt_and_padding(tok):
     assert int((batch["labels"] != IGNORE_INDEX).sum()) == sum(len(a) for a in [e[1] for e in enc]) - sum(
         lab.count(IGNORE_INDEX) for _, lab in enc
     )
+
+
+@given(
+    seqs=st.lists(st.lists(st.integers(1, 50), min_size=1, max_size=6), min_size=1, max_size=4),
+    side=st.sampled_from(["left", "right"]),
+)
+def test_pad_ids_matches_a_python_loop(seqs, side):
+    ids, mask = pad_ids(seqs, 0, side)
+    t = max(map(len, seqs))
+    for row, m, sq in zip(ids.tolist(), mask.tolist(), seqs):
+        pad = [0] * (t - len(sq))
+        assert row == (sq + pad if side == "right" else pad + sq)
+        assert m == ([1] * len(sq) + pad if side == "right" else pad + [1] * len(sq))
+    labels, _ = pad_ids(seqs, 0, side, fill=IGNORE_INDEX)
+    assert int((labels == IGNORE_INDEX).sum()) == sum(t - len(sq) for sq in seqs)
 
 
 def test_model_loss_is_mean_ce_over_answer_tokens_only(tiny_dir, tok):

@@ -48,17 +48,26 @@ def encode_row(tokenizer: Any, row: Mapping[str, Any], max_length: int, index: i
     return ids, labels
 
 
-def pad_batch(rows: Sequence[tuple[list[int], list[int]]], pad_id: int, side: str = "right") -> dict[str, Any]:
-    """Stack encoded rows into ``input_ids``, ``attention_mask`` and ``labels`` tensors (padding never trained)."""
+def pad_ids(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right", fill: int | None = None):
+    """(ids, attention_mask) long tensors of shape (len(seqs), longest): each sequence at the left edge with
+    padding after it (``side="right"``) or at the right edge (``"left"``, for generation). ``fill`` replaces
+    ``pad_id`` as the padding value (e.g. IGNORE_INDEX for labels); the mask is 1 on the sequences' tokens."""
     import torch
 
-    t = max(len(ids) for ids, _ in rows)
-    ids_t = torch.full((len(rows), t), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), t), dtype=torch.long)
-    labels = torch.full((len(rows), t), IGNORE_INDEX, dtype=torch.long)
-    for i, (ids, lab) in enumerate(rows):
-        sl = slice(0, len(ids)) if side == "right" else slice(t - len(ids), t)
-        ids_t[i, sl] = torch.tensor(ids, dtype=torch.long)
+    if side not in ("right", "left"):
+        raise ValueError(f"side must be 'right' or 'left', not {side!r}")
+    t = max(map(len, seqs))
+    ids = torch.full((len(seqs), t), pad_id if fill is None else fill, dtype=torch.long)
+    mask = torch.zeros((len(seqs), t), dtype=torch.long)
+    for i, sq in enumerate(seqs):
+        sl = slice(0, len(sq)) if side == "right" else slice(t - len(sq), t)
+        ids[i, sl] = torch.tensor(list(sq), dtype=torch.long)
         mask[i, sl] = 1
-        labels[i, sl] = torch.tensor(lab, dtype=torch.long)
-    return {"input_ids": ids_t, "attention_mask": mask, "labels": labels}
+    return ids, mask
+
+
+def pad_batch(rows: Sequence[tuple[list[int], list[int]]], pad_id: int, side: str = "right") -> dict[str, Any]:
+    """Stack encoded rows into ``input_ids``, ``attention_mask`` and ``labels`` tensors (padding never trained)."""
+    ids, mask = pad_ids([r[0] for r in rows], pad_id, side)
+    labels, _ = pad_ids([r[1] for r in rows], pad_id, side, fill=IGNORE_INDEX)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from procure.errors import UserError
-from procure.llm.formatting import prompt_ids
+from procure.llm.formatting import pad_ids, prompt_ids
 from procure.llm.generator import Generator, GenParams, adapter_key, check_adapter_mode, choice_pairs
 
 
@@ -127,7 +127,8 @@ class HFGenerator(Generator):
         with self._using(adapter) as model, torch.inference_mode():
             for s in range(0, len(order), self.batch_size):
                 idx = order[s : s + self.batch_size]
-                batch = _left_pad([encoded[i] for i in idx], tok.pad_token_id, self.device)
+                ids, mask = pad_ids([encoded[i] for i in idx], tok.pad_token_id, side="left")
+                batch = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
                 gen = model.generate(**batch, generation_config=gcfg)
                 new = gen[:, batch["input_ids"].shape[1] :]
                 texts = tok.batch_decode(new, skip_special_tokens=True)
@@ -148,7 +149,7 @@ class HFGenerator(Generator):
             for s in range(0, len(pairs), self.batch_size):
                 chunk = pairs[s : s + self.batch_size]
                 seqs = [p + cids[j] for _, j, p in chunk]
-                ids, mask = _right_padded(torch, seqs, tok.pad_token_id)
+                ids, mask = pad_ids(seqs, tok.pad_token_id)
                 logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
                 logp = torch.log_softmax(logits.float(), dim=-1)
                 for k, (i, j, p) in enumerate(chunk):
@@ -167,7 +168,7 @@ class HFGenerator(Generator):
         with self._using(adapter) as model, torch.inference_mode():
             for s in range(0, len(prompts), self.batch_size):
                 seqs = [p + shared for p in prompts[s : s + self.batch_size]]
-                ids, mask = _right_padded(torch, seqs, tok.pad_token_id)
+                ids, mask = pad_ids(seqs, tok.pad_token_id)
                 logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
                 logp = torch.log_softmax(logits.float(), dim=-1).cpu()
                 for k, sq in enumerate(seqs):
@@ -235,18 +236,6 @@ def _tree_batch(rows: list[list[int]], branch_ids, pad_id: int, dtype) -> tuple:
     return ids, pos, mask
 
 
-def _left_pad(rows: list[list[int]], pad_id: int, device: str) -> dict:
-    import torch
-
-    t = max(map(len, rows))
-    ids = torch.full((len(rows), t), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for k, r in enumerate(rows):
-        ids[k, t - len(r) :] = torch.tensor(r)
-        mask[k, t - len(r) :] = 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-
-
 def _last_token_choices(cids: list[list[int]]) -> bool:
     """Do all choices (token ids) share everything but one different last token?"""
     n = len(cids[0])
@@ -256,13 +245,3 @@ def _last_token_choices(cids: list[list[int]]) -> bool:
         and all(c[:-1] == cids[0][:-1] for c in cids)
         and len({c[-1] for c in cids}) == len(cids)
     )
-
-
-def _right_padded(torch, seqs: list[list[int]], pad_id: int):
-    """(ids, attention mask), both (len(seqs), longest): each sequence from the left, padding after it."""
-    ids = torch.full((len(seqs), max(map(len, seqs))), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for k, sq in enumerate(seqs):
-        ids[k, : len(sq)] = torch.tensor(sq)
-        mask[k, : len(sq)] = 1
-    return ids, mask
