@@ -61,16 +61,16 @@ def _model_dir(model: str) -> Path:
     return Path(snapshot_download(model, allow_patterns=["*.json", "*.safetensors"]))
 
 
-def _checkpoint_names(model_dir: str) -> set[str]:
-    """Every tensor name in the model folder's safetensors."""
+def _weight_files(model_dir: str) -> dict[str, Path]:
+    """Every tensor name in the model folder's safetensors -> the file that holds it (the index when sharded)."""
     from safetensors import safe_open
 
     d = _model_dir(model_dir)
     index = d / "model.safetensors.index.json"
     if index.is_file():
-        return set(json.loads(index.read_text())["weight_map"])
+        return {n: d / f for n, f in json.loads(index.read_text())["weight_map"].items()}
     with safe_open(str(d / "model.safetensors"), framework="pt") as h:
-        return set(h.keys())
+        return dict.fromkeys(h.keys(), d / "model.safetensors")
 
 
 def whole_layers(names: set[str], checkpoint: set[str], packed: dict[str, tuple[str, ...]] | None = None) -> set[str]:
@@ -100,24 +100,17 @@ def _quiet_reload():
             lg.setLevel(level)
 
 
-def _base_weights(model_dir: str, names: set[str]) -> dict:
-    """The named tensors from the model folder's safetensors (float32), read lazily file by file."""
+def _base_weights(model_dir: str, files: dict[str, Path], names: set[str]) -> dict:
+    """The named tensors (float32), read lazily file by file; ``files`` from :func:`_weight_files`."""
     import torch
     from safetensors import safe_open
 
-    d = _model_dir(model_dir)
-    index = d / "model.safetensors.index.json"
-    if index.is_file():
-        where = json.loads(index.read_text())["weight_map"]
-        files = {n: d / where[n] for n in names if n in where}
-    else:
-        files = {n: d / "model.safetensors" for n in names}
+    wanted = {n: files[n] for n in names if n in files}
     out = {}
-    for f in sorted(set(files.values())):
+    for f in sorted(set(wanted.values())):
         with safe_open(str(f), framework="pt") as h:
-            keys = set(h.keys())
-            for n, ff in files.items():
-                if ff == f and n in keys:
+            for n, ff in wanted.items():
+                if ff == f:
                     out[n] = h.get_tensor(n).to(torch.float32)
     missing = names - out.keys()
     if missing:
@@ -178,7 +171,7 @@ class VLLMGenerator(Generator):
             torch.set_num_threads(n_threads)
         self._current: tuple[str, int] | None = None
         self._base: dict = {}  # merged mode: original weights (float32) of every layer an adapter touched
-        self._checkpoint: set[str] | None = None  # tensor names of the model's safetensors
+        self._checkpoint: dict[str, Path] | None = None  # tensor name -> safetensors file of the model
         self._lora_ids: dict[tuple[str, int], int] = {}
         eos = self.tokenizer.eos_token_id
         gen_eos = getattr(self.llm.llm_engine.model_config.hf_config, "eos_token_id", None)
@@ -219,9 +212,9 @@ class VLLMGenerator(Generator):
         new = set(deltas) - self._base.keys()
         if new:
             if self._checkpoint is None:
-                self._checkpoint = _checkpoint_names(self.model_path)
-            whole = whole_layers(new, self._checkpoint, self._packed())
-            self._base |= _base_weights(self.model_path, whole - self._base.keys())
+                self._checkpoint = _weight_files(self.model_path)
+            whole = whole_layers(new, set(self._checkpoint), self._packed())
+            self._base |= _base_weights(self.model_path, self._checkpoint, whole - self._base.keys())
         target = {n: w for n, w in self._base.items()}  # restore everything touched so far ...
         for n, d in deltas.items():  # ... then add this adapter's deltas
             target[n] = self._base[n] + d
