@@ -24,6 +24,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from summary_stats import stat  # eval/ is on sys.path when a script in it runs
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -37,28 +39,6 @@ PAIRS = (
     ("hindsight", "random"),
     ("loo", "random"),
 )
-
-
-def bootstrap_ci(x, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap 95 % interval of the mean of ``x`` (NaN for fewer than 2 values)."""
-    import numpy as np
-
-    x = np.asarray(x, dtype=float)
-    if len(x) < 2:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), (n_boot, len(x)))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
-def _stat(x) -> dict[str, Any]:
-    import numpy as np
-
-    x = [float(v) for v in x]
-    lo, hi = bootstrap_ci(x)
-    sd = float(np.std(x, ddof=1)) if len(x) > 1 else float("nan")
-    return {"mean": float(np.mean(x)) if x else float("nan"), "sd": sd, "ci95": [lo, hi], "n": len(x)}
 
 
 def evidence(run_dirs: list[Path]) -> dict[str, Any]:
@@ -106,12 +86,12 @@ def evidence(run_dirs: list[Path]) -> dict[str, Any]:
                         quality[a].append(float(rho))
                 row[a] = cell
             per_seed[str(s)][str(t)] = row
-    by_round = {a: {str(t): _stat([metric[(a, s, t)] for s in seeds]) for t in range(rounds + 1)} for a in arms}
+    by_round = {a: {str(t): stat([metric[(a, s, t)] for s in seeds]) for t in range(rounds + 1)} for a in arms}
     paired = {}
     for x, y in PAIRS:
         if x in arms and y in arms:
             paired[f"{x} - {y}"] = {
-                str(t): _stat([metric[(x, s, t)] - metric[(y, s, t)] for s in seeds]) for t in range(1, rounds + 1)
+                str(t): stat([metric[(x, s, t)] - metric[(y, s, t)] for s in seeds]) for t in range(1, rounds + 1)
             }
     name = str(m["metric_name"].iloc[0]) if "metric_name" in m else "metric"
     return {
@@ -123,8 +103,8 @@ def evidence(run_dirs: list[Path]) -> dict[str, Any]:
         "per_seed": per_seed,
         "metric_by_round": by_round,
         "paired_differences": paired,
-        "bought_cleanest_share": {a: _stat(cleanest[a]) for a in arms},
-        "spearman_values_vs_clean_share": {a: _stat(quality[a]) for a in arms if quality[a]},
+        "bought_cleanest_share": {a: stat(cleanest[a]) for a in arms},
+        "spearman_values_vs_clean_share": {a: stat(quality[a]) for a in arms if quality[a]},
         "note": "paired differences are per seed, same candidates and A_0; intervals: percentile bootstrap over "
         "seeds (10,000 resamples); Spearman over each round's sellers (3 values), averaged over seeds x rounds",
     }
