@@ -143,6 +143,7 @@ def _oracle(recipe, state, rows, reference, lr, fresh_seed: int):
 def summary(run_dir: Path, q: list[dict[str, Any]]) -> dict[str, Any]:
     """Accuracy against money, purchases, and the valuation-quality table (mean over seeds per method and round)."""
     import pandas as pd
+    from summary_stats import stat
 
     from procure.pipeline.report import summarize
 
@@ -176,9 +177,55 @@ def summary(run_dir: Path, q: list[dict[str, Any]]) -> dict[str, Any]:
                     "auc": float(g["auc"].mean()),
                     "spearman_oracle": float(g["spearman_oracle"].mean()),
                     "n": int(len(g)),
+                    "auc_stat": stat(g["auc"]),
+                    "spearman_stat": stat(g["spearman_oracle"].dropna()),
                 }
             )
-    return {"metrics": per_arm, "purchases": bought, "quality": q, "quality_table": table}
+    return {
+        "metrics": per_arm,
+        "purchases": bought,
+        "quality": q,
+        "quality_table": table,
+        "paired": paired(per_arm, bought),
+    }
+
+
+def paired(per_arm: list[dict[str, Any]], bought: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per method and round over the seeds that finished every arm: test accuracy, cumulative money, the mean
+    wrong-letter share of what was bought, and the paired difference in accuracy from ``random`` (same seed,
+    same offers) with a bootstrap interval (eval/summary_stats.py)."""
+    import pandas as pd
+    from summary_stats import stat
+
+    m = pd.DataFrame(per_arm)
+    if m.empty:
+        return {}
+    last = int(m["round"].max())
+    full = m[m["round"] == last].groupby("seed")["method"].nunique()
+    seeds = sorted(int(s) for s in full[full == m["method"].nunique()].index)
+    m = m[m["seed"].isin(seeds)]
+    b = pd.DataFrame(bought)
+    if not b.empty:
+        b["method"] = b["arm"].str.rsplit("-s", n=1).str[0]
+        b["seed"] = b["arm"].str.rsplit("-s", n=1).str[1].astype(int)
+    acc = {(r.method, r.seed, r.round): r.accuracy for r in m.itertuples()}
+    out: dict[str, Any] = {"seeds": seeds}
+    for method in sorted(m["method"].unique()):
+        g = m[m["method"] == method]
+        rows = {}
+        for t in range(last + 1):
+            cell = {
+                "accuracy": stat(g[g["round"] == t]["accuracy"]),
+                "spent_cumulative": stat(g[g["round"] == t]["spent_cumulative"]),
+            }
+            if t > 0 and not b.empty:
+                bb = b[(b["method"] == method) & (b["round"] <= t) & b["seed"].isin(seeds)]
+                cell["bought_wrong_share"] = float(bb["noise"].mean()) if len(bb) else float("nan")
+            if method != "random" and ("random", seeds[0], t) in acc:
+                cell["minus_random"] = stat([acc[(method, s, t)] - acc[("random", s, t)] for s in seeds])
+            rows[str(t)] = cell
+        out[method] = rows
+    return out
 
 
 def plot(res: dict[str, Any], dest: Path) -> None:
@@ -242,6 +289,20 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     for r in res["quality_table"]:
         print(f"| {r['method']} | {r['round']} | {r['auc']:.3f} | {r['spearman_oracle']:.3f} | {r['n']} |")
+    pr = res["paired"]
+    n_seeds = len(pr.get("seeds", []))
+    print(f"\n| method | round | accuracy ({n_seeds} seeds) | money spent | wrong share bought | minus random [95 %] |")
+    print("|---|---:|---:|---:|---:|---|")
+    for method, rows in pr.items():
+        if method == "seeds":
+            continue
+        for t, c in rows.items():
+            d = c.get("minus_random")
+            diff = f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d else ""
+            print(
+                f"| {method} | {t} | {c['accuracy']['mean']:.3f} | {c['spent_cumulative']['mean']:.2f} | "
+                f"{c.get('bought_wrong_share', float('nan')):.2f} | {diff} |"
+            )
 
 
 if __name__ == "__main__":

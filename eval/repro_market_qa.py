@@ -68,6 +68,7 @@ def _config(args: argparse.Namespace, seed: int):
 def summary(per_seed: dict[int, dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     """Per method: mean over seeds of each point (cost, accuracy), of purchases and of the price per sample."""
     import numpy as np
+    from summary_stats import stat
 
     methods = args.methods
     table = {}
@@ -91,6 +92,16 @@ def summary(per_seed: dict[int, dict[str, Any]], args: argparse.Namespace) -> di
                 for k in range(len(pts[0]))
             ],
         }
+    ref = {seed: s["methods"]["random"]["points"] for seed, s in per_seed.items() if "random" in s["methods"]}
+    for m, entry in table.items():
+        by_seed = {seed: s["methods"][m]["points"] for seed, s in per_seed.items() if m in s["methods"]}
+        common = sorted(set(by_seed) & set(ref))
+        n_pts = len(entry["points"])
+        entry["accuracy_stat"] = [stat([by_seed[sd][k]["accuracy"] for sd in by_seed]) for k in range(n_pts)]
+        if m != "random" and common:  # paired: same seed = same pool, test set and existing rows
+            entry["minus_random"] = [
+                stat([by_seed[sd][k]["accuracy"] - ref[sd][k]["accuracy"] for sd in common]) for k in range(n_pts)
+            ]
     return {"deviations": deviations(args), "per_seed": {str(k): v for k, v in per_seed.items()}, "methods": table}
 
 
@@ -155,15 +166,25 @@ def main() -> None:
     args.results.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomically(args.results, result)
     plot(result, args.results.with_suffix(".png"))
-    print("| method | seeds | bought | avg price | AUC clean vs wrong | accuracy: BP / K / 2K | cost K / 2K |")
-    print("|---|---:|---:|---:|---:|---|---|")
+    print(
+        "| method | seeds | bought | avg price | AUC clean vs wrong | accuracy: BP / K / 2K | cost K / 2K "
+        "| 2K minus random [95 %] |"
+    )
+    print("|---|---:|---:|---:|---:|---|---|---|")
     for m, r in result["methods"].items():
         acc = " / ".join(f"{p['accuracy']:.3f}" for p in r["points"])
         cost = " / ".join(f"{p['cost']:.1f}" for p in r["points"][1:])
         print(
             f"| {m} | {r['seeds']} | {r['bought']:.0f} | {r['mean_price']:.3f} | {r['auc_clean_vs_noisy']:.3f} "
-            f"| {acc} | {cost} |"
+            f"| {acc} | {cost} | {_ci(r.get('minus_random'))} |"
         )
+
+
+def _ci(stats: list[dict] | None) -> str:
+    if not stats:
+        return ""
+    d = stats[-1]
+    return f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
 
 
 if __name__ == "__main__":
