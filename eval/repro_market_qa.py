@@ -111,14 +111,16 @@ def plot(result: dict[str, Any], dest: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     names = list(result["methods"])
+    seeds = max((r["seeds"] for r in result["methods"].values()), default=0)
     for m in names:
         pts = result["methods"][m]["points"]
-        ax.plot([p["cost"] for p in pts], [p["accuracy"] for p in pts], marker="o", label=m)
+        sd = [p["accuracy_sd"] or 0.0 for p in pts]  # seed-to-seed sd (None for one seed)
+        ax.errorbar([p["cost"] for p in pts], [p["accuracy"] for p in pts], yerr=sd, marker="o", capsize=3, label=m)
     ax.set_xlabel("cost of the rows trained on (money)")
     ax.set_ylabel("test accuracy")
-    ax.set_title("performance versus cost (before purchase, K, 2K)")
+    ax.set_title(f"performance versus cost (before purchase, K, 2K; mean ± sd over {seeds} seeds)", fontsize=9)
     ax.legend()
     bx.bar(names, [result["methods"][m]["mean_price"] for m in names])
     bx.set_ylabel("average price per purchased sample")
