@@ -61,7 +61,9 @@ def _config(args: argparse.Namespace, seed: int):
         sizes=args.sizes,
         noise_share=args.noise,
         budget_fraction=args.budget_fraction,
-        training=TrainConfig(epochs=args.epochs, lr=1e-3, batch_size=8, lora_r=8, lora_alpha=16, max_length=256),
+        training=TrainConfig(
+            epochs=args.epochs, lr=1e-3, batch_size=8, lora_r=8, lora_alpha=16, max_length=args.max_length
+        ),
     )
 
 
@@ -143,6 +145,7 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=200)
     ap.add_argument("--shots", type=int, default=0, help="demonstrations in the test prompts (paper: 5)")
     ap.add_argument("--epochs", type=float, default=2.0, help="LoRA epochs per buyer (paper: 3)")
+    ap.add_argument("--max-length", type=int, default=512, help="tokens per training row (multiemo's longest row: 287)")
     ap.add_argument("--reference", type=int, default=200)
     ap.add_argument("--sizes", nargs="+", type=int, default=[100, 200])
     ap.add_argument("--noise", type=float, default=0.3, help="share of pool rows with a wrong letter (paper: 0)")
