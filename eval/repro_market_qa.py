@@ -84,6 +84,7 @@ def summary(per_seed: dict[int, dict[str, Any]], args: argparse.Namespace) -> di
             "bought": float(np.mean([r["bought"] for r in runs])),
             "mean_price": float(np.nanmean([r["mean_price"] for r in runs])),
             "auc_clean_vs_noisy": float(np.nanmean([r["auc_clean_vs_noisy"] for r in runs])),
+            "bought_wrong_share": float(np.nanmean([r.get("bought_noisy_share", np.nan) for r in runs])),
             "points": [
                 {
                     "size": pts[0][k]["size"],
@@ -122,7 +123,8 @@ def plot(result: dict[str, Any], dest: Path) -> None:
         ax.errorbar([p["cost"] for p in pts], [p["accuracy"] for p in pts], yerr=sd, marker="o", capsize=3, label=m)
     ax.set_xlabel("cost of the rows trained on (money)")
     ax.set_ylabel("test accuracy")
-    ax.set_title(f"performance versus cost (before purchase, K, 2K; mean ± sd over {seeds} seeds)", fontsize=9)
+    over = f"{seeds} seed" + "s" * (seeds != 1)
+    ax.set_title(f"performance versus cost (before purchase, K, 2K; mean ± sd over {over})", fontsize=9)
     ax.legend()
     bx.bar(names, [result["methods"][m]["mean_price"] for m in names])
     bx.set_ylabel("average price per purchased sample")
@@ -172,16 +174,16 @@ def main() -> None:
     write_json_atomically(args.results, result)
     plot(result, args.results.with_suffix(".png"))
     print(
-        "| method | seeds | bought | avg price | AUC clean vs wrong | accuracy: BP / K / 2K | cost K / 2K "
-        "| 2K minus random [95 %] |"
+        "| method | seeds | bought | wrong share | avg price | AUC clean vs wrong | accuracy: BP / K / 2K "
+        "| cost K / 2K | 2K minus random [95 %] |"
     )
-    print("|---|---:|---:|---:|---:|---|---|---|")
+    print("|---|---:|---:|---:|---:|---:|---|---|---|")
     for m, r in result["methods"].items():
         acc = " / ".join(f"{p['accuracy']:.3f}" for p in r["points"])
         cost = " / ".join(f"{p['cost']:.1f}" for p in r["points"][1:])
         print(
-            f"| {m} | {r['seeds']} | {r['bought']:.0f} | {r['mean_price']:.3f} | {r['auc_clean_vs_noisy']:.3f} "
-            f"| {acc} | {cost} | {_ci(r.get('minus_random'))} |"
+            f"| {m} | {r['seeds']} | {r['bought']:.0f} | {r['bought_wrong_share']:.2f} | {r['mean_price']:.3f} "
+            f"| {r['auc_clean_vs_noisy']:.3f} | {acc} | {cost} | {_ci(r.get('minus_random'))} |"
         )
 
 
