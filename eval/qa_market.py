@@ -58,7 +58,7 @@ def quality(
 ) -> list[dict[str, Any]]:
     """AUC (wrong-letter rows) for every arm and round, and Spearman with the one-step oracle (module docstring)
     at round 1 (one shared state A_0 per seed, so every method) and at later rounds for ``oracle_methods`` only:
-    the oracle costs (rows x oracle_reference) forward passes per state, ~2.5 min a state on this CPU."""
+    the oracle costs (rows x oracle_reference) forward passes per state, ~3 min a state on this CPU."""
     import numpy as np
     from scipy.stats import spearmanr
 
@@ -267,13 +267,14 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=Path.home() / ".cache/procure/runs/qa-market")
     ap.add_argument("--results", type=Path, default=ROOT / "eval" / "results" / "qa_market.json")
-    ap.add_argument("--oracle-reference", type=int, default=32, help="reference rows of the oracle (0: no oracle)")
+    ap.add_argument("--oracle-reference", type=int, default=16, help="reference rows of the oracle (0: no oracle)")
     ap.add_argument("--oracle-lr", type=float, default=None, help="oracle step size (default: the recipe's lr)")
     ap.add_argument(
         "--oracle-methods",
         nargs="*",
-        default=["infl_ip", "datainf"],
-        help="arms whose later-round states get the one-step oracle (round 1's shared state: every arm)",
+        default=[],
+        help="arms whose later-round states also get the one-step oracle (round 1's shared state A_0 always does, "
+        "for every arm); each state costs rows x --oracle-reference forward passes, ~3 min on 2 cores",
     )
     ap.add_argument("--summary-only", action="store_true")
     args = ap.parse_args()
