@@ -237,17 +237,20 @@ def plot(res: dict[str, Any], dest: Path) -> None:
     import pandas as pd
 
     m = pd.DataFrame(res["metrics"])
+    q = pd.DataFrame(res["quality_table"])
+    names = sorted(set(m["method"]) | (set(q["method"]) if len(q) else set()))
+    color = {n: f"C{i % 10}" for i, n in enumerate(names)}  # one colour per method in both panels
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
     for method, g in m.groupby("method"):
         mean = g.groupby("round")[["spent_cumulative", "accuracy"]].mean()
-        ax.plot(mean["spent_cumulative"], mean["accuracy"], marker="o", label=method)
+        ax.plot(mean["spent_cumulative"], mean["accuracy"], marker="o", label=method, color=color[method])
     ax.set_xlabel("money spent (cumulative)")
     ax.set_ylabel("test accuracy (mean over seeds)")
     ax.legend()
-    q = pd.DataFrame(res["quality_table"])
     if len(q):
         for method, g in q.groupby("method"):
-            bx.plot(g["round"], g["auc"], marker="o", label=method)
+            bx.plot(g["round"], g["auc"], marker="o", label=method, color=color[method])
+        bx.set_xticks(sorted(q["round"].unique()))
         bx.axhline(0.5, color="grey", lw=0.8)
         bx.set_xlabel("round")
         bx.set_ylabel("AUC: clean vs wrong-letter rows")
