@@ -163,7 +163,14 @@ def summary(run_dir: Path, q: list[dict[str, Any]]) -> dict[str, Any]:
     ]
     p = f["purchases"].merge(f["candidates"][["arm", "round", "seller", "noise"]], on=["arm", "round", "seller"])
     bought = [
-        {"arm": r["arm"], "round": int(r["round"]), "seller": int(r["seller"]), "noise": float(r["noise"])}
+        {
+            "arm": r["arm"],
+            "method": r["method"],
+            "seed": int(r["seed"]),
+            "round": int(r["round"]),
+            "seller": int(r["seller"]),
+            "noise": float(r["noise"]),
+        }
         for _, r in p.iterrows()
     ]
     qf = pd.DataFrame(q)
@@ -205,9 +212,6 @@ def paired(per_arm: list[dict[str, Any]], bought: list[dict[str, Any]]) -> dict[
     seeds = sorted(int(s) for s in full[full == m["method"].nunique()].index)
     m = m[m["seed"].isin(seeds)]
     b = pd.DataFrame(bought)
-    if not b.empty:
-        b["method"] = b["arm"].str.rsplit("-s", n=1).str[0]
-        b["seed"] = b["arm"].str.rsplit("-s", n=1).str[1].astype(int)
     acc = {(r.method, r.seed, r.round): r.accuracy for r in m.itertuples()}
     out: dict[str, Any] = {"seeds": seeds}
     for method in sorted(m["method"].unique()):
