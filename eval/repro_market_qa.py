@@ -68,7 +68,8 @@ def _config(args: argparse.Namespace, seed: int):
 
 
 def summary(per_seed: dict[int, dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
-    """Per method: mean over seeds of each point (cost, accuracy), of purchases and of the price per sample."""
+    """Per method: mean over seeds of each point (cost, accuracy), of purchases and of the price per sample;
+    ``accuracy_stat`` (mean, sd, bootstrap interval over seeds) per point and ``minus_random`` (paired by seed)."""
     import numpy as np
     from summary_stats import stat
 
@@ -90,7 +91,6 @@ def summary(per_seed: dict[int, dict[str, Any]], args: argparse.Namespace) -> di
                     "size": pts[0][k]["size"],
                     "cost": float(np.mean([p[k]["cost"] for p in pts])),
                     "accuracy": float(np.mean([p[k]["accuracy"] for p in pts])),
-                    "accuracy_sd": float(np.std([p[k]["accuracy"] for p in pts], ddof=1)) if len(pts) > 1 else None,
                 }
                 for k in range(len(pts[0]))
             ],
@@ -113,13 +113,15 @@ def plot(result: dict[str, Any], dest: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     names = list(result["methods"])
     seeds = max((r["seeds"] for r in result["methods"].values()), default=0)
     for m in names:
         pts = result["methods"][m]["points"]
-        sd = [p["accuracy_sd"] or 0.0 for p in pts]  # seed-to-seed sd (None for one seed)
+        # seed-to-seed sd (NaN for one seed)
+        sd = np.nan_to_num([s["sd"] for s in result["methods"][m]["accuracy_stat"]])
         ax.errorbar([p["cost"] for p in pts], [p["accuracy"] for p in pts], yerr=sd, marker="o", capsize=3, label=m)
     ax.set_xlabel("cost of the rows trained on (money)")
     ax.set_ylabel("test accuracy")
