@@ -67,20 +67,26 @@ def _config(args: argparse.Namespace, seed: int):
     )
 
 
+SCORES = ("accuracy", "balanced_accuracy", "nll")  # per point; nll: lower is better
+
+
 def summary(per_seed: dict[int, dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
-    """Per method: mean over seeds of each point (cost, accuracy), of purchases and of the price per sample;
-    ``accuracy_stat`` (mean, sd, bootstrap interval over seeds) per point and ``minus_random`` (paired by seed)."""
+    """Per method: mean over seeds of each point (cost and the scores), of purchases and of the price per sample;
+    ``stats[score]`` (mean, sd, bootstrap interval over seeds) per point and ``minus_random[score]`` (paired by
+    seed: same pool, test set and existing rows)."""
     import numpy as np
     from summary_stats import stat
 
-    methods = args.methods
     table = {}
-    for m in methods:
-        runs = [s["methods"][m] for s in per_seed.values() if m in s["methods"]]
-        if not runs:
+    ref = {seed: s["methods"]["random"]["points"] for seed, s in per_seed.items() if "random" in s["methods"]}
+    for m in args.methods:
+        by_seed = {seed: s["methods"][m] for seed, s in per_seed.items() if m in s["methods"]}
+        if not by_seed:
             continue
-        pts = [[p for p in r["points"]] for r in runs]
-        table[m] = {
+        runs = list(by_seed.values())
+        pts = [r["points"] for r in runs]
+        scores = [k for k in SCORES if all(k in p for r in pts for p in r)]
+        entry = table[m] = {
             "seeds": len(runs),
             "bought": float(np.mean([r["bought"] for r in runs])),
             "mean_price": float(np.nanmean([r["mean_price"] for r in runs])),
@@ -90,21 +96,18 @@ def summary(per_seed: dict[int, dict[str, Any]], args: argparse.Namespace) -> di
                 {
                     "size": pts[0][k]["size"],
                     "cost": float(np.mean([p[k]["cost"] for p in pts])),
-                    "accuracy": float(np.mean([p[k]["accuracy"] for p in pts])),
+                    **{sc: float(np.mean([p[k][sc] for p in pts])) for sc in scores},
                 }
                 for k in range(len(pts[0]))
             ],
+            "stats": {sc: [stat([p[k][sc] for p in pts]) for k in range(len(pts[0]))] for sc in scores},
         }
-    ref = {seed: s["methods"]["random"]["points"] for seed, s in per_seed.items() if "random" in s["methods"]}
-    for m, entry in table.items():
-        by_seed = {seed: s["methods"][m]["points"] for seed, s in per_seed.items() if m in s["methods"]}
         common = sorted(set(by_seed) & set(ref))
-        n_pts = len(entry["points"])
-        entry["accuracy_stat"] = [stat([by_seed[sd][k]["accuracy"] for sd in by_seed]) for k in range(n_pts)]
-        if m != "random" and common:  # paired: same seed = same pool, test set and existing rows
-            entry["minus_random"] = [
-                stat([by_seed[sd][k]["accuracy"] - ref[sd][k]["accuracy"] for sd in common]) for k in range(n_pts)
-            ]
+        if m != "random" and common:
+            entry["minus_random"] = {
+                sc: [stat([by_seed[sd]["points"][k][sc] - ref[sd][k][sc] for sd in common]) for k in range(len(pts[0]))]
+                for sc in scores
+            }
     return {"deviations": deviations(args), "per_seed": {str(k): v for k, v in per_seed.items()}, "methods": table}
 
 
@@ -115,24 +118,34 @@ def plot(result: dict[str, Any], dest: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     names = list(result["methods"])
     seeds = max((r["seeds"] for r in result["methods"].values()), default=0)
-    for m in names:
-        pts = result["methods"][m]["points"]
-        # seed-to-seed sd (NaN for one seed)
-        sd = np.nan_to_num([s["sd"] for s in result["methods"][m]["accuracy_stat"]])
-        ax.errorbar([p["cost"] for p in pts], [p["accuracy"] for p in pts], yerr=sd, marker="o", capsize=3, label=m)
-    ax.set_xlabel("cost of the rows trained on (money)")
-    ax.set_ylabel("test accuracy")
     over = f"{seeds} seed" + "s" * (seeds != 1)
-    ax.set_title(f"performance versus cost (before purchase, K, 2K; mean ± sd over {over})", fontsize=9)
-    ax.legend()
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    labels = {
+        "accuracy": "test accuracy",
+        "balanced_accuracy": "balanced accuracy (mean recall per letter)",
+        "nll": "answer nll (nats, lower is better)",
+    }
+    for ax, sc in zip(axes.flat, SCORES):
+        for m in names:
+            r = result["methods"][m]
+            if sc not in r["stats"]:
+                continue
+            pts = r["points"]
+            sd = np.nan_to_num([s["sd"] for s in r["stats"][sc]])  # seed-to-seed sd (NaN for one seed)
+            ax.errorbar([p["cost"] for p in pts], [p[sc] for p in pts], yerr=sd, marker="o", capsize=3, label=m)
+        ax.set_xlabel("cost of the rows trained on (money)")
+        ax.set_ylabel(labels[sc])
+        ax.set_title(f"{labels[sc]} vs cost (before purchase, K, 2K; mean ± sd, {over})", fontsize=8)
+    axes.flat[0].legend(fontsize=8)
+    bx = axes.flat[3]
     bx.bar(names, [result["methods"][m]["mean_price"] for m in names])
     bx.set_ylabel("average price per purchased sample")
-    bx.set_title("price per sample")
+    bx.set_title("price per sample", fontsize=9)
+    bx.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
-    fig.savefig(dest, dpi=110)
+    fig.savefig(dest, dpi=100)
     plt.close(fig)
 
 
@@ -185,11 +198,20 @@ def main() -> None:
         cost = " / ".join(f"{p['cost']:.1f}" for p in r["points"][1:])
         print(
             f"| {m} | {r['seeds']} | {r['bought']:.0f} | {r['bought_wrong_share']:.2f} | {r['mean_price']:.3f} "
-            f"| {r['auc_clean_vs_noisy']:.3f} | {acc} | {cost} | {_ci(r.get('minus_random'))} |"
+            f"| {r['auc_clean_vs_noisy']:.3f} | {acc} | {cost} | {_ci(r, 'accuracy')} |"
         )
+    print("\n| method | balanced acc.: BP / K / 2K | 2K minus random [95 %] | nll: BP / K / 2K | 2K minus random |")
+    print("|---|---|---|---|---|")
+    for m, r in result["methods"].items():
+        if "nll" not in r["stats"]:
+            continue
+        bal = " / ".join(f"{p['balanced_accuracy']:.3f}" for p in r["points"])
+        nll = " / ".join(f"{p['nll']:.3f}" for p in r["points"])
+        print(f"| {m} | {bal} | {_ci(r, 'balanced_accuracy')} | {nll} | {_ci(r, 'nll')} |")
 
 
-def _ci(stats: list[dict] | None) -> str:
+def _ci(entry: dict, score: str) -> str:
+    stats = entry.get("minus_random", {}).get(score)
     if not stats:
         return ""
     d = stats[-1]

@@ -72,6 +72,7 @@ def test_per_sample_market_end_to_end_on_tiny(arith_qa, tmp_path, monkeypatch):
         pts = res["points"]
         assert [p["size"] for p in pts] == [0, 3, 6] and pts[0]["accuracy"] == summary["base_accuracy"]
         assert all(p["n"] == min(p["size"], len(sold)) and 0 <= p["accuracy"] <= 1 for p in pts)
+        assert all(0 <= p["balanced_accuracy"] <= 1 and 0 < p["nll"] < 10 for p in pts)
         assert pts[2]["cost"] >= pts[1]["cost"] >= 0
         assert res["auc_clean_vs_noisy"] == pytest.approx(auc(state["values"][m], ~market["noisy"]))
     constant = summary["methods"]["constant"]
@@ -87,6 +88,10 @@ def test_per_sample_market_end_to_end_on_tiny(arith_qa, tmp_path, monkeypatch):
     assert len(trained) == 2 * len(cfg.methods) - 2 * (oracle["bought"] == 0)
     # resume: nothing is valued, trained or scored again; the summary is the same
     trained.clear()
+    assert run_appendix_a(cfg, out) == summary and trained == []
+    # a folder from before the balanced accuracy and nll: rescored from its kept adapters, not retrained
+    del state["scores"]
+    (out / "state.json").write_text(json.dumps(state))
     assert run_appendix_a(cfg, out) == summary and trained == []
     with pytest.raises(UserError, match="another configuration"):
         run_appendix_a(cfg.model_copy(update={"seed": 1}), out)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import tarfile
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from procure.errors import UserError
 from procure.tasks.base import Task
@@ -130,6 +133,36 @@ def test_accuracy_by_generation_and_by_likelihood():
     assert ev.score_logprobs(lp) == pytest.approx(2 / 3)
     with pytest.raises(UserError, match="shape"):
         ev.score_logprobs(lp[:, :2])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 12))
+def test_letter_scores_match_a_loop(seed, n):
+    rng = np.random.default_rng(seed)
+    k = rng.integers(2, 6, n)  # letters per question
+    ex = [{"question": f"q{i}", "choices": ["x"] * int(k[i]), "answer": int(rng.integers(k[i]))} for i in range(n)]
+    ev = QAEval(ex)
+    lp = rng.normal(0, 3, (n, ev.n_choices)) - 5
+    got = ev.letter_scores(lp)
+    hits, nll, recall = [], [], {}
+    for i, e in enumerate(ex):
+        row = lp[i, : len(e["choices"])]
+        best = max(range(len(row)), key=lambda j: row[j])
+        hits.append(best == e["answer"])
+        recall.setdefault(e["answer"], []).append(best == e["answer"])
+        nll.append(-math.log(math.exp(row[e["answer"]]) / sum(math.exp(v) for v in row)))
+    assert got["accuracy"] == pytest.approx(np.mean(hits)) and got["accuracy"] == ev.score_logprobs(lp)
+    assert got["balanced_accuracy"] == pytest.approx(np.mean([np.mean(r) for r in recall.values()]))
+    assert got["nll"] == pytest.approx(np.mean(nll))
+
+
+def test_letter_scores_of_a_one_letter_model():
+    ex = [{"question": f"q{i}", "choices": list("abcd"), "answer": a} for i, a in enumerate([0, 0, 0, 0, 0, 0, 1, 2])]
+    ev = QAEval(ex)
+    always_a = np.tile([0.0, -1.0, -1.0, -1.0], (len(ex), 1))
+    s = ev.letter_scores(always_a)
+    assert s["accuracy"] == pytest.approx(6 / 8) and s["balanced_accuracy"] == pytest.approx(1 / 3)
+    assert ev.letter_scores(np.zeros((len(ex), 4)))["nll"] == pytest.approx(math.log(4))
 
 
 def test_candidates_and_splits():

@@ -12,7 +12,8 @@ As seeds/004 section 6.1 describes (deviations in :class:`AppendixA`'s field not
 3. Each method's buyer meets every offer on its own: Eq. 2 at the price grid, Eq. 4 for the seller
    (:func:`procure.market.persample.clear_per_sample`).
 4. Each buyer fine-tunes a fresh LoRA on the first K (then 2K, ...) of a seeded shuffle of its purchases and
-   is scored k-shot on the test set by answer-letter likelihood; cost = the prices of the rows trained on.
+   is scored k-shot on the test set by answer-letter likelihood (accuracy, balanced accuracy and the answer's
+   negative log-likelihood); cost = the prices of the rows trained on.
 
 Resumable: values, adapters and scores are kept in the output folder and reused.
 """
@@ -186,11 +187,11 @@ def _buyer(
     bought = off[res.sold]
     price = dict(zip(off.tolist(), res.price.tolist()))
     order = np.random.default_rng(np.random.SeedSequence([cfg.seed, 13])).permutation(bought)
-    points = [{"size": 0, "n": 0, "cost": 0.0, "accuracy": _accuracy(cfg, market, None, state, out, "base")}]
+    points = [{"size": 0, "n": 0, "cost": 0.0, **_scores(cfg, market, None, state, out, "base")}]
     for k in cfg.sizes:
         pick = order[:k].tolist()
-        acc = _accuracy(cfg, market, [market["rows"][i] for i in pick], state, out, f"{method}-{k}")
-        points.append({"size": k, "n": len(pick), "cost": float(sum(price[i] for i in pick)), "accuracy": acc})
+        scores = _scores(cfg, market, [market["rows"][i] for i in pick], state, out, f"{method}-{k}")
+        points.append({"size": k, "n": len(pick), "cost": float(sum(price[i] for i in pick)), **scores})
     noisy = market["noisy"]
     return {
         "offers": int(len(off)),
@@ -203,12 +204,15 @@ def _buyer(
     }
 
 
-def _accuracy(
+def _scores(
     cfg: AppendixA, market: dict[str, Any], rows: list[dict] | None, state: dict[str, Any], out: Path, key: str
-) -> float:
-    """Test accuracy (answer-letter likelihood, k-shot) of a fresh LoRA trained on ``rows`` (None: the base)."""
-    if key in state["evals"]:
-        return state["evals"][key]
+) -> dict[str, float]:
+    """Test scores (answer-letter likelihood, k-shot; :meth:`procure.tasks.qa.QAEval.letter_scores`: accuracy,
+    balanced accuracy, nll) of a fresh LoRA trained on ``rows`` (None: the base). ``state["evals"]`` keeps the
+    accuracy alone (folders from before the other two scores are rescored from their kept adapters)."""
+    scores = state.setdefault("scores", {})
+    if key in scores:
+        return scores[key]
     from procure.pipeline import console
 
     adapter = None
@@ -223,9 +227,10 @@ def _accuracy(
 
         market["generator"] = HFGenerator(resolve_model(cfg.model), adapter_mode="merged")
     lp = market["generator"].choice_logprobs(task.eval_prompts(), task.choices(), adapter, system=task.system)
-    state["evals"][key] = float(task.score_logprobs(lp))
+    scores[key] = task.letter_scores(lp)
+    state["evals"][key] = scores[key]["accuracy"]
     _save_state(out, state)
-    return state["evals"][key]
+    return scores[key]
 
 
 def _train(cfg: AppendixA, rows: list[dict], dest: Path) -> Path:

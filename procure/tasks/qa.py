@@ -337,14 +337,39 @@ class QAEval:
         ]
         return float(np.mean(hits)) if hits else 0.0
 
-    def score_logprobs(self, logprobs: np.ndarray) -> float:
+    def _masked(self, logprobs: np.ndarray) -> np.ndarray:
+        """``logprobs`` checked for shape, with the letters a question does not have set to -inf."""
         lp = np.asarray(logprobs, dtype=np.float64)
         if lp.shape != (len(self.examples), self.n_choices):
             raise UserError(f"qa: logprobs shape {lp.shape}, expected {(len(self.examples), self.n_choices)}")
         lp = lp.copy()
         for i, ex in enumerate(self.examples):
             lp[i, len(ex["choices"]) :] = -np.inf
-        return float(np.mean(lp.argmax(axis=1) == self.answers()))
+        return lp
+
+    def score_logprobs(self, logprobs: np.ndarray) -> float:
+        return float(np.mean(self._masked(logprobs).argmax(axis=1) == self.answers()))
+
+    def letter_scores(self, logprobs: np.ndarray) -> dict[str, float]:
+        """Three readouts of the answer-letter log-likelihoods ``logprobs`` (shape as in :meth:`score_logprobs`):
+
+        - ``accuracy``: share of questions whose most likely letter is the answer (= :meth:`score_logprobs`);
+        - ``balanced_accuracy``: the mean over answer letters present of that letter's recall, so a model that
+          always picks one letter scores 1 / (letters present) whatever the label shares;
+        - ``nll``: mean over questions of -log p(answer), p the softmax of the log-likelihoods over the question's
+          letters (nats; 0 is perfect, log(n_choices) is uniform; lower is better).
+        """
+        lp = self._masked(logprobs)
+        y = self.answers()
+        hit = lp.argmax(axis=1) == y
+        labels = np.unique(y)
+        top = lp.max(axis=1, keepdims=True)
+        log_z = top[:, 0] + np.log(np.exp(lp - top).sum(axis=1))
+        return {
+            "accuracy": float(hit.mean()),
+            "balanced_accuracy": float(np.mean([hit[y == a].mean() for a in labels])),
+            "nll": float(np.mean(log_z - lp[np.arange(len(y)), y])),
+        }
 
     def utility(self, metric: float) -> float:
         return float(metric)
