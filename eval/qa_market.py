@@ -106,6 +106,47 @@ def quality(
     return out
 
 
+def test_scores(run_dir: Path, recipe) -> dict[str, dict[str, float]]:
+    """{"arm|round": QAEval.letter_scores} of every arm's state after every round on the seed's test split
+    (accuracy, balanced accuracy, answer nll), by answer-letter likelihood with the HF backend. The ledger keeps
+    accuracy only; the other two say whether a model learned more than the majority label (balanced accuracy
+    1 / letters for a model that always picks one) and how much probability it puts on the right letter.
+    Cached in ``run_dir/test_scores.json`` (one entry per state, written as it goes)."""
+    from procure.cache import write_json_atomically
+    from procure.llm.hf_backend import HFGenerator
+    from procure.llm.models import resolve_model
+    from procure.pipeline.ledger import Ledger
+    from procure.pipeline.scenarios import make_scenario
+
+    cache_file = run_dir / "test_scores.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    with Ledger.open(run_dir / "ledger.sqlite", create=False) as led:
+        nodes = {n["node"]: n for n in led.rows("nodes")}
+        todo = [(m["arm"], m["round"], m["node"]) for m in led.rows("metrics") if m["split"] == "test"]
+    gen, tasks = None, {}
+    seed_of = {arm: int(arm.rsplit("-s", 1)[1]) for arm, _, _ in todo}
+    done = {(seed_of[a], n): f"{a}|{t}" for a, t, n in todo if f"{a}|{t}" in cache}  # arms share round 0's state
+    for arm, t, node in sorted(todo):
+        key, seed = f"{arm}|{t}", seed_of[arm]
+        if key in cache or (seed, node) in done:
+            cache.setdefault(key, cache[done.get((seed, node), key)])
+            continue
+        done[(seed, node)] = key
+        if seed not in tasks:
+            tasks[seed] = make_scenario(recipe, seed).task("test")
+        task = tasks[seed]
+        adapter = nodes[node]["adapter"]
+        gen = gen or HFGenerator(resolve_model(recipe.model), adapter_mode="merged")
+        path = None if adapter is None else str(run_dir / adapter)
+        lp = gen.choice_logprobs(task.eval_prompts(), task.choices(), path, system=task.system)
+        cache[key] = task.letter_scores(lp)
+        write_json_atomically(cache_file, cache)
+        print(json.dumps({"arm": arm, "round": t, **cache[key]}), flush=True)
+    if gen is not None:
+        gen.close()
+    return cache
+
+
 def _clean_flags(scen, t: int, rows: list[dict]):
     """Which of round t's ledger rows carry their true answer (the scenario redraws the round's offers, with the
     per-row ``noisy`` flags the ledger does not keep; checked row by row against the ledger)."""
@@ -140,8 +181,9 @@ def _oracle(recipe, state, rows, reference, lr, fresh_seed: int):
     return one_step_oracle(model, tok, rows, reference, lr=step, max_length=t.max_length).numpy()
 
 
-def summary(run_dir: Path, q: list[dict[str, Any]]) -> dict[str, Any]:
-    """Accuracy against money, purchases, and the valuation-quality table (mean over seeds per method and round)."""
+def summary(run_dir: Path, q: list[dict[str, Any]], scores: dict | None = None) -> dict[str, Any]:
+    """Accuracy against money, purchases, and the valuation-quality table (mean over seeds per method and round);
+    ``scores`` (:func:`test_scores`) adds each state's balanced accuracy and answer nll."""
     import pandas as pd
     from summary_stats import stat
 
@@ -158,6 +200,11 @@ def summary(run_dir: Path, q: list[dict[str, Any]]) -> dict[str, Any]:
             "round": int(r["round"]),
             "accuracy": float(r["metric"]),
             "spent_cumulative": float(r["spent_cumulative"]),
+            **{
+                k: v
+                for k, v in (scores or {}).get(f"{r['arm']}|{int(r['round'])}", {}).items()
+                if k in ("balanced_accuracy", "nll")
+            },
         }
         for _, r in m.iterrows()
     ]
@@ -200,7 +247,8 @@ def summary(run_dir: Path, q: list[dict[str, Any]]) -> dict[str, Any]:
 def paired(per_arm: list[dict[str, Any]], bought: list[dict[str, Any]]) -> dict[str, Any]:
     """Per method and round over the seeds that finished every arm: test accuracy, cumulative money, the mean
     wrong-letter share of what was bought, and the paired difference in accuracy from ``random`` (same seed,
-    same offers) with a bootstrap interval (eval/summary_stats.py)."""
+    same offers) with a bootstrap interval (eval/summary_stats.py); the same for balanced accuracy and answer nll
+    where every arm has them."""
     import pandas as pd
     from summary_stats import stat
 
@@ -212,21 +260,21 @@ def paired(per_arm: list[dict[str, Any]], bought: list[dict[str, Any]]) -> dict[
     seeds = sorted(int(s) for s in full[full == m["method"].nunique()].index)
     m = m[m["seed"].isin(seeds)]
     b = pd.DataFrame(bought)
-    acc = {(r.method, r.seed, r.round): r.accuracy for r in m.itertuples()}
+    scores = [k for k in ("accuracy", "balanced_accuracy", "nll") if k in m and m[k].notna().all()]
+    val = {(r.method, r.seed, r.round): r for r in m.itertuples()}
     out: dict[str, Any] = {"seeds": seeds}
     for method in sorted(m["method"].unique()):
         g = m[m["method"] == method]
         rows = {}
         for t in range(last + 1):
-            cell = {
-                "accuracy": stat(g[g["round"] == t]["accuracy"]),
-                "spent_cumulative": stat(g[g["round"] == t]["spent_cumulative"]),
-            }
+            cell = {k: stat(g[g["round"] == t][k]) for k in [*scores, "spent_cumulative"]}
             if t > 0 and not b.empty:
                 bb = b[(b["method"] == method) & (b["round"] <= t) & b["seed"].isin(seeds)]
                 cell["bought_wrong_share"] = float(bb["noise"].mean()) if len(bb) else float("nan")
-            if method != "random" and ("random", seeds[0], t) in acc:
-                cell["minus_random"] = stat([acc[(method, s, t)] - acc[("random", s, t)] for s in seeds])
+            if method != "random" and ("random", seeds[0], t) in val:
+                for k in scores:
+                    d = [getattr(val[(method, s, t)], k) - getattr(val[("random", s, t)], k) for s in seeds]
+                    cell["minus_random" if k == "accuracy" else f"{k}_minus_random"] = stat(d)
             rows[str(t)] = cell
         out[method] = rows
     return out
@@ -288,8 +336,12 @@ def main() -> None:
     recipe = load_recipe(args.recipe).model_copy(update={"seeds": args.seeds})
     if not args.summary_only:
         run_recipe(recipe, args.out, resume=args.out.exists())
-    q = quality(args.out, recipe, args.oracle_reference, args.oracle_lr, args.oracle_methods)
-    res = summary(args.out, q)
+    q = _cached(
+        args.out / "quality.json",
+        [args.oracle_reference, args.oracle_lr, sorted(args.oracle_methods), sorted(recipe.seeds)],
+        lambda: quality(args.out, recipe, args.oracle_reference, args.oracle_lr, args.oracle_methods),
+    )
+    res = summary(args.out, q, test_scores(args.out, recipe))
     args.results.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomically(args.results, res)
     plot(res, args.results.with_suffix(".png"))
@@ -311,6 +363,30 @@ def main() -> None:
                 f"| {method} | {t} | {c['accuracy']['mean']:.3f} | {c['spent_cumulative']['mean']:.2f} | "
                 f"{c.get('bought_wrong_share', float('nan')):.2f} | {diff} |"
             )
+    print("\n| method | round | balanced accuracy | answer nll | nll minus random [95 %] |")
+    print("|---|---:|---:|---:|---|")
+    for method, rows in pr.items():
+        if method == "seeds":
+            continue
+        for t, c in rows.items():
+            if "nll" not in c:
+                continue
+            d = c.get("nll_minus_random")
+            diff = f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d else ""
+            print(f"| {method} | {t} | {c['balanced_accuracy']['mean']:.3f} | {c['nll']['mean']:.3f} | {diff} |")
+
+
+def _cached(path: Path, key: list, compute) -> Any:
+    """``compute()``, kept in ``path`` with ``key``: reused while the key (the arguments it depends on) matches."""
+    from procure.cache import write_json_atomically
+
+    if path.is_file():
+        got = json.loads(path.read_text())
+        if got.get("key") == key:
+            return got["value"]
+    value = compute()
+    write_json_atomically(path, {"key": key, "value": value})
+    return value
 
 
 if __name__ == "__main__":
