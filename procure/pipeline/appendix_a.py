@@ -215,10 +215,7 @@ def _scores(
         return scores[key]
     from procure.pipeline import console
 
-    adapter = None
-    if rows:
-        console.status(f"appendix A: training {key} on {len(rows)} rows")
-        adapter = _train(cfg, rows, out / "adapters" / key)
+    adapter = None if not rows else _train(cfg, rows, out / "adapters" / key)
     console.status(f"appendix A: scoring {key} on {len(market['test'].examples)} test questions")
     task = market["test"]
     if market.get("generator") is None:  # one HF model for all scores of the run
@@ -237,6 +234,9 @@ def _train(cfg: AppendixA, rows: list[dict], dest: Path) -> Path:
     if (dest / "adapter_config.json").is_file():
         return dest
     from procure.llm.models import resolve_model
+    from procure.pipeline import console
+
+    console.status(f"appendix A: training {dest.name} on {len(rows)} rows")
     from procure.llm.train import StageTrainer
 
     trainer = StageTrainer(resolve_model(cfg.model), cfg.training.model_copy(update={"seed": cfg.seed}))
