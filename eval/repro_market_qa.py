@@ -137,7 +137,7 @@ def plot(result: dict[str, Any], dest: Path) -> None:
             ax.errorbar([p["cost"] for p in pts], [p[sc] for p in pts], yerr=sd, marker="o", capsize=3, label=m)
         ax.set_xlabel("cost of the rows trained on (money)")
         ax.set_ylabel(labels[sc])
-        ax.set_title(f"{labels[sc]} vs cost (before purchase, K, 2K; mean ± sd, {over})", fontsize=8)
+        ax.set_title(f"before purchase, K, 2K rows (mean ± sd, {over})", fontsize=9)
     axes.flat[0].legend(fontsize=8)
     bx = axes.flat[3]
     bx.bar(names, [result["methods"][m]["mean_price"] for m in names])
