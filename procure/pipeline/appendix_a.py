@@ -234,11 +234,10 @@ def _train(cfg: AppendixA, rows: list[dict], dest: Path) -> Path:
     if (dest / "adapter_config.json").is_file():
         return dest
     from procure.llm.models import resolve_model
+    from procure.llm.train import StageTrainer
     from procure.pipeline import console
 
     console.status(f"appendix A: training {dest.name} on {len(rows)} rows")
-    from procure.llm.train import StageTrainer
-
     trainer = StageTrainer(resolve_model(cfg.model), cfg.training.model_copy(update={"seed": cfg.seed}))
     trainer.train(rows, dest, progress=cfg.progress)
     return dest

@@ -359,16 +359,15 @@ class QAEval:
         - ``nll``: mean over questions of -log p(answer), p the softmax of the log-likelihoods over the question's
           letters (nats; 0 is perfect, log(n_choices) is uniform; lower is better).
         """
+        from scipy.special import logsumexp
+
         lp = self._masked(logprobs)
         y = self.answers()
         hit = lp.argmax(axis=1) == y
-        labels = np.unique(y)
-        top = lp.max(axis=1, keepdims=True)
-        log_z = top[:, 0] + np.log(np.exp(lp - top).sum(axis=1))
         return {
             "accuracy": float(hit.mean()),
-            "balanced_accuracy": float(np.mean([hit[y == a].mean() for a in labels])),
-            "nll": float(np.mean(log_z - lp[np.arange(len(y)), y])),
+            "balanced_accuracy": float(np.mean([hit[y == a].mean() for a in np.unique(y)])),
+            "nll": float(np.mean(logsumexp(lp, axis=1) - lp[np.arange(len(y)), y])),
         }
 
     def utility(self, metric: float) -> float:
