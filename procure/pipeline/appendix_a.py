@@ -85,14 +85,15 @@ def run_appendix_a(cfg: AppendixA, out: Path) -> dict[str, Any]:
     finally:
         if market.get("generator") is not None:
             market["generator"].close()
-    summary = {"config": cfg.model_dump(mode="json"), "base_accuracy": state["evals"]["base"], "methods": results}
+    base = state["scores"]["base"]["accuracy"]
+    summary = {"config": cfg.model_dump(mode="json"), "base_accuracy": base, "methods": results}
     write_json_atomically(out / "summary.json", summary)
     return summary
 
 
 def _load_state(out: Path) -> dict[str, Any]:
     path = out / "state.json"
-    return json.loads(path.read_text()) if path.is_file() else {"values": {}, "evals": {}}
+    return json.loads(path.read_text()) if path.is_file() else {"values": {}, "scores": {}}
 
 
 def _save_state(out: Path, state: dict[str, Any]) -> None:
@@ -208,8 +209,8 @@ def _scores(
     cfg: AppendixA, market: dict[str, Any], rows: list[dict] | None, state: dict[str, Any], out: Path, key: str
 ) -> dict[str, float]:
     """Test scores (answer-letter likelihood, k-shot; :meth:`procure.tasks.qa.QAEval.letter_scores`: accuracy,
-    balanced accuracy, nll) of a fresh LoRA trained on ``rows`` (None: the base). ``state["evals"]`` keeps the
-    accuracy alone (folders from before the other two scores are rescored from their kept adapters)."""
+    balanced accuracy, nll) of a fresh LoRA trained on ``rows`` (None: the base). Folders from before
+    ``state["scores"]`` (their ``evals`` held the accuracy alone) are rescored from their kept adapters."""
     scores = state.setdefault("scores", {})
     if key in scores:
         return scores[key]
@@ -225,7 +226,6 @@ def _scores(
         market["generator"] = HFGenerator(resolve_model(cfg.model), adapter_mode="merged")
     lp = market["generator"].choice_logprobs(task.eval_prompts(), task.choices(), adapter, system=task.system)
     scores[key] = task.letter_scores(lp)
-    state["evals"][key] = scores[key]["accuracy"]
     _save_state(out, state)
     return scores[key]
 
