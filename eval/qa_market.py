@@ -111,7 +111,7 @@ def test_scores(run_dir: Path, recipe) -> dict[str, dict[str, float]]:
     (accuracy, balanced accuracy, answer nll), by answer-letter likelihood with the HF backend. The ledger keeps
     accuracy only; the other two say whether a model learned more than the majority label (balanced accuracy
     1 / letters for a model that always picks one) and how much probability it puts on the right letter.
-    Cached in ``run_dir/test_scores.json`` (one entry per state, written as it goes)."""
+    Cached in ``run_dir/test_scores.json`` (one entry per seed and state, written as it goes)."""
     from procure.cache import write_json_atomically
     from procure.llm.hf_backend import HFGenerator
     from procure.llm.models import resolve_model
@@ -119,32 +119,29 @@ def test_scores(run_dir: Path, recipe) -> dict[str, dict[str, float]]:
     from procure.pipeline.scenarios import make_scenario
 
     cache_file = run_dir / "test_scores.json"
-    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}  # "seed|node": scores
     with Ledger.open(run_dir / "ledger.sqlite", create=False) as led:
         nodes = {n["node"]: n for n in led.rows("nodes")}
         todo = [(m["arm"], m["round"], m["node"]) for m in led.rows("metrics") if m["split"] == "test"]
-    gen, tasks = None, {}
-    seed_of = {arm: int(arm.rsplit("-s", 1)[1]) for arm, _, _ in todo}
-    done = {(seed_of[a], n): f"{a}|{t}" for a, t, n in todo if f"{a}|{t}" in cache}  # arms share round 0's state
+    gen, tasks, out = None, {}, {}
     for arm, t, node in sorted(todo):
-        key, seed = f"{arm}|{t}", seed_of[arm]
-        if key in cache or (seed, node) in done:
-            cache.setdefault(key, cache[done.get((seed, node), key)])
-            continue
-        done[(seed, node)] = key
-        if seed not in tasks:
-            tasks[seed] = make_scenario(recipe, seed).task("test")
-        task = tasks[seed]
-        adapter = nodes[node]["adapter"]
-        gen = gen or HFGenerator(resolve_model(recipe.model), adapter_mode="merged")
-        path = None if adapter is None else str(run_dir / adapter)
-        lp = gen.choice_logprobs(task.eval_prompts(), task.choices(), path, system=task.system)
-        cache[key] = task.letter_scores(lp)
-        write_json_atomically(cache_file, cache)
-        print(json.dumps({"arm": arm, "round": t, **cache[key]}), flush=True)
+        seed = int(arm.rsplit("-s", 1)[1])
+        state = f"{seed}|{node}"  # the arms of a seed share round 0's state
+        if state not in cache:
+            if seed not in tasks:
+                tasks[seed] = make_scenario(recipe, seed).task("test")
+            task = tasks[seed]
+            adapter = nodes[node]["adapter"]
+            gen = gen or HFGenerator(resolve_model(recipe.model), adapter_mode="merged")
+            path = None if adapter is None else str(run_dir / adapter)
+            lp = gen.choice_logprobs(task.eval_prompts(), task.choices(), path, system=task.system)
+            cache[state] = task.letter_scores(lp)
+            write_json_atomically(cache_file, cache)
+            print(json.dumps({"arm": arm, "round": t, **cache[state]}), flush=True)
+        out[f"{arm}|{t}"] = cache[state]
     if gen is not None:
         gen.close()
-    return cache
+    return out
 
 
 def _clean_flags(scen, t: int, rows: list[dict]):
@@ -194,10 +191,7 @@ def summary(run_dir: Path, q: list[dict[str, Any]], scores: dict | None = None) 
     m["spent_cumulative"] = m.groupby("arm")["spent"].cumsum().fillna(0.0)
     per_arm = [
         {
-            "arm": r["arm"],
-            "method": r["method"],
-            "seed": int(r["seed"]),
-            "round": int(r["round"]),
+            **_ids(r),
             "accuracy": float(r["metric"]),
             "spent_cumulative": float(r["spent_cumulative"]),
             **{
@@ -209,17 +203,7 @@ def summary(run_dir: Path, q: list[dict[str, Any]], scores: dict | None = None) 
         for _, r in m.iterrows()
     ]
     p = f["purchases"].merge(f["candidates"][["arm", "round", "seller", "noise"]], on=["arm", "round", "seller"])
-    bought = [
-        {
-            "arm": r["arm"],
-            "method": r["method"],
-            "seed": int(r["seed"]),
-            "round": int(r["round"]),
-            "seller": int(r["seller"]),
-            "noise": float(r["noise"]),
-        }
-        for _, r in p.iterrows()
-    ]
+    bought = [{**_ids(r), "seller": int(r["seller"]), "noise": float(r["noise"])} for _, r in p.iterrows()]
     qf = pd.DataFrame(q)
     table = []
     if len(qf):
@@ -242,6 +226,11 @@ def summary(run_dir: Path, q: list[dict[str, Any]], scores: dict | None = None) 
         "quality_table": table,
         "paired": paired(per_arm, bought),
     }
+
+
+def _ids(r) -> dict[str, Any]:
+    """The arm, method, seed and round of a row of the run's metrics or purchases frame."""
+    return {"arm": r["arm"], "method": r["method"], "seed": int(r["seed"]), "round": int(r["round"])}
 
 
 def paired(per_arm: list[dict[str, Any]], bought: list[dict[str, Any]]) -> dict[str, Any]:
